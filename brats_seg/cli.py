@@ -1,0 +1,69 @@
+"""Command-line entry point: argument parsing only; each subcommand lives in brats_seg/commands/.
+
+Every command module exposes `configure(parser)` (adds its arguments, light imports only) and
+`run(args) -> int`. Heavy libraries (torch, monai) are imported inside `run`, so `--help` is fast.
+InputError ends the process with exit code 2 and one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from brats_seg import __version__
+from brats_seg.errors import EXIT_INPUT_ERROR, InputError
+
+# subcommand -> (module under brats_seg.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write synthetic BraTS-like phantoms (demo and tests)"),
+    "ingest": ("ingest", "discover and validate cases, write the raw manifest"),
+    "preprocess": ("preprocess", "reorient, crop, resample, normalise; resumable and shardable"),
+    "merge": ("merge", "combine shard manifests into one"),
+    "train": ("train", "train a 3D or 2D model from a YAML config"),
+    "predict": ("predict", "sliding-window inference to masks in the original geometry"),
+    "evaluate": ("evaluate", "Dice, HD95 and volumes per case and region"),
+    "demo": ("demo", "synth -> ingest -> preprocess -> train -> predict -> evaluate"),
+    "run": ("run_pipeline", "run the stages a pipeline YAML declares, skipping current ones"),
+    "bench": ("bench", "benchmarks side by side against a reference"),
+    "distill": ("distill", "knowledge distillation of a 2D student from a teacher"),
+    "quantize": ("quantize", "int8 post-training quantization of a 2D model"),
+    "doctor": ("doctor", "report versions, threads, devices; check an install or run folder"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Commands whose module exists (stages land one issue at a time)."""
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(f"brats_seg.commands.{module}") is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brats-seg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"brats-seg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in _available().items():
+        cmd = importlib.import_module(f"brats_seg.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except InputError as err:
+        print(err.line(), file=sys.stderr, flush=True)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Segmentation losses: soft Dice + cross-entropy, in label (softmax) or region (sigmoid) mode.
+
+Canonical labels: 0 background, 1 NCR, 2 ED, 3 ET. BraTS scores the nested regions
+WT = {1,2,3} ⊇ TC = {1,3} ⊇ ET = {3}, so "regions" mode trains three sigmoid channels on them
+directly; "labels" mode trains a softmax over the label classes.
+
+Soft Dice for one channel c (sums over voxels, and over the batch when `batch_dice`):
+
+    dice_loss_c = 1 - (2 * sum(p * t) + smooth_nr) / (sum(p) + sum(t) + smooth_dr)
+
+and the Dice term is the mean over channels (and samples, when not `batch_dice`). The small
+smooth terms (1e-5 by default, MONAI's defaults) avoid 0/0 and make "empty target, empty
+prediction" a loss of ~0 without noticeably biasing non-empty channels. Batch Dice (nnU-Net's
+default) pools voxels over the batch so patches without a region do not give a noisy 0-or-1 term.
+
+MONAI's DiceCELoss matches "labels" mode (a test checks it), but with several sigmoid channels it
+applies softmax cross-entropy, which is wrong for overlapping regions, so both modes are written
+out here.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NUM_LABELS = 4
+REGION_NAMES = ("WT", "TC", "ET")
+_REGION_LABELS = ((1, 2, 3), (1, 3), (3,))
+MODES = ("regions", "labels")
+
+
+def _squeeze_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(B,1,*S) or (B,*S) integer labels -> (B,*S) long."""
+    if labels.is_floating_point():
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.ndim >= 3 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    return labels.long()
+
+
+def labels_to_regions(labels: torch.Tensor) -> torch.Tensor:
+    """Canonical labels (B,X,Y,Z) or (B,1,X,Y,Z) -> float region masks (B,3,X,Y,Z): WT, TC, ET."""
+    labels = _squeeze_labels(labels)
+    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_LABELS):
+        raise ValueError(
+            f"labels must be canonical 0..{NUM_LABELS - 1} (0 bg, 1 NCR, 2 ED, 3 ET), found values "
+            f"in [{int(labels.min())}, {int(labels.max())}]; convert the dataset's convention first")
+    masks = [torch.isin(labels, torch.tensor(ids, device=labels.device)) for ids in _REGION_LABELS]
+    return torch.stack(masks, dim=1).float()
+
+
+def regions_to_labels(regions: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Region probabilities or binary masks (B,3,...) in WT, TC, ET order -> labels (B,...).
+
+    A channel is "on" where its value is > threshold. Nesting is enforced top-down, so the result
+    is always consistent: 0 if not WT; 2 (ED) if WT and not TC; 1 (NCR) if WT and TC and not ET;
+    3 (ET) if WT and TC and ET. TC outside WT, or ET outside TC, is therefore dropped.
+    """
+    if regions.ndim < 3 or regions.shape[1] != 3:
+        raise ValueError(f"regions must be (B, 3, ...) in WT, TC, ET order, got {tuple(regions.shape)}")
+    wt = regions[:, 0] > threshold
+    tc = wt & (regions[:, 1] > threshold)
+    et = tc & (regions[:, 2] > threshold)
+    labels = torch.zeros(wt.shape, dtype=torch.long, device=regions.device)
+    labels[wt] = 2
+    labels[tc] = 1
+    labels[et] = 3
+    return labels
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool = True,
+                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> torch.Tensor:
+    """Mean over channels (and samples unless batch_dice) of 1 - soft Dice; inputs (B,C,*S)."""
+    dims = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
+    intersection = (probs * target).sum(dims)
+    denominator = probs.sum(dims) + target.sum(dims)
+    return (1.0 - (2.0 * intersection + smooth_nr) / (denominator + smooth_dr)).mean()
+
+
+class DiceCELoss(nn.Module):
+    """dice_weight * soft Dice + ce_weight * cross-entropy, on logits.
+
+    mode="labels": softmax over C classes; target = integer labels (B,*S) or (B,1,*S); Dice over
+    classes 1..C-1 unless include_background; CE over all classes. Works for any C and 2D or 3D.
+    mode="regions": sigmoid per channel (WT, TC, ET); target = canonical labels (converted with
+    labels_to_regions) or float region masks (B,3,*S); Dice + BCE-with-logits over all 3 channels.
+    """
+
+    def __init__(self, mode: str = "regions", dice_weight: float = 1.0, ce_weight: float = 1.0,
+                 include_background: bool = False, batch_dice: bool = True,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"loss mode must be one of {MODES}, got {mode!r}")
+        if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
+            raise ValueError(f"need non-negative weights, not both 0; got dice={dice_weight}, ce={ce_weight}")
+        self.mode, self.dice_weight, self.ce_weight = mode, dice_weight, ce_weight
+        self.include_background, self.batch_dice = include_background, batch_dice
+        self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # keep the reductions in fp32 under autocast
+        if self.mode == "regions":
+            return self._regions(logits, target)
+        return self._labels(logits, target)
+
+    def _dice(self, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        return soft_dice_loss(probs, onehot, self.batch_dice, self.smooth_nr, self.smooth_dr)
+
+    def _labels(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labels = _squeeze_labels(target)
+        n_classes = logits.shape[1]
+        _check_spatial(logits, labels.shape[1:])
+        if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ValueError(f"labels must lie in 0..{n_classes - 1} for {n_classes} output channels, "
+                             f"found [{int(labels.min())}, {int(labels.max())}]")
+        onehot = F.one_hot(labels, n_classes).movedim(-1, 1).float()
+        probs = torch.softmax(logits, dim=1)
+        if not self.include_background:
+            probs, onehot = probs[:, 1:], onehot[:, 1:]
+        dice = self._dice(probs, onehot)
+        return self.dice_weight * dice + self.ce_weight * F.cross_entropy(logits, labels)
+
+    def _regions(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != 3:
+            raise ValueError(f"regions mode needs 3 output channels (WT, TC, ET), got {logits.shape[1]}")
+        regions = target.float() if target.is_floating_point() else labels_to_regions(target)
+        _check_spatial(logits, regions.shape[2:])
+        dice = self._dice(torch.sigmoid(logits), regions)
+        bce = F.binary_cross_entropy_with_logits(logits, regions)
+        return self.dice_weight * dice + self.ce_weight * bce
+
+
+def _check_spatial(logits: torch.Tensor, target_spatial: Sequence[int]) -> None:
+    if tuple(logits.shape[2:]) != tuple(target_spatial):
+        raise ValueError(f"logits spatial shape {tuple(logits.shape[2:])} does not match the "
+                         f"target's {tuple(target_spatial)}")
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of `base` over [full_res, half_res, ...] logits; a plain tensor passes through.
+
+    Targets for the coarser outputs are downsampled from the full-resolution labels: nearest for
+    label maps, max-pooling for region masks (a region touching a coarse voxel keeps it, and
+    max-pooling keeps ET ⊂ TC ⊂ WT). Default weights halve per level: 1, 1/2, 1/4, ...;
+    weights are always normalised to sum to 1 so the loss scale does not depend on depth.
+    """
+
+    def __init__(self, base: DiceCELoss, weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.base = base
+        self.weights = None if weights is None else [float(w) for w in weights]
+        if self.weights is not None and (min(self.weights) < 0 or sum(self.weights) <= 0):
+            raise ValueError(f"deep_supervision_weights must be >= 0 with a positive sum, got {weights}")
+
+    def forward(self, logits: torch.Tensor | Sequence[torch.Tensor],
+                labels: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            return self.base(logits, labels)
+        weights = self._level_weights(len(logits))
+        if self.base.mode == "labels":
+            target = _squeeze_labels(labels)
+        else:
+            target = labels.float() if labels.is_floating_point() else labels_to_regions(labels)
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        for w, out in zip(weights, logits):
+            if w > 0:
+                total = total + w * self.base(out, _downsample_target(target, out.shape[2:]))
+        return total
+
+    def _level_weights(self, n: int) -> list[float]:
+        weights = self.weights if self.weights is not None else [0.5 ** i for i in range(n)]
+        if len(weights) != n:
+            raise ValueError(f"got {n} deep-supervision outputs but {len(weights)} weights")
+        s = sum(weights)
+        return [w / s for w in weights]
+
+
+def _downsample_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Labels (B,*S) long -> nearest; regions (B,3,*S) float -> adaptive max-pool to `size`."""
+    size = tuple(size)
+    if target.is_floating_point():
+        if tuple(target.shape[2:]) == size:
+            return target
+        pool = F.adaptive_max_pool3d if target.ndim == 5 else F.adaptive_max_pool2d
+        return pool(target, size)
+    if tuple(target.shape[1:]) == size:
+        return target
+    down = F.interpolate(target[:, None].float(), size=size, mode="nearest")
+    return down[:, 0].long()
+
+
+def build_loss(mode: str = "regions", dice_weight: float = 1.0, ce_weight: float = 1.0,
+               deep_supervision_weights: Sequence[float] | None = None,
+               **kw: object) -> DeepSupervisionLoss:
+    """Loss for training: forward(logits or [logits per level], canonical labels) -> scalar.
+
+    Extra keywords (include_background, batch_dice, smooth_nr, smooth_dr) go to DiceCELoss.
+    """
+    base = DiceCELoss(mode, dice_weight, ce_weight, **kw)  # type: ignore[arg-type]
+    return DeepSupervisionLoss(base, deep_supervision_weights)

@@ -1,0 +1,165 @@
+"""Manifests link the stages: JSON, schema-checked, written atomically, paths kept inside their root.
+
+Every manifest has schema_version, stage, created_at, brats_seg_version, config, the sha256 of its
+input manifest, and `cases` (one entry per case). Paths inside are relative to a root folder and
+may not escape it (no absolute paths, no `..`, no symlink out of the root).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from brats_seg import __version__
+from brats_seg.errors import InputError
+
+SCHEMA_VERSION = 1
+STAGES = ("raw", "preprocessed", "predictions")
+_SCHEMA_FILE = Path(__file__).parent / "schemas" / "manifest.schema.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    """Stable hash of a JSON-able object (configs, entries): key order does not matter."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def new_manifest(stage: str, config: dict, input_sha256: str | None = None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "stage": stage,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "brats_seg_version": __version__,
+        "config": config,
+        "input_manifest_sha256": input_sha256,
+        "cases": [],
+    }
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` (same suffixes); on success fsync and os.replace it into place.
+
+    A crash leaves at most a hidden temp file, never a partial file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_manifest(path: Path, manifest: dict) -> None:
+    """Validate against the schema (a bug if it fails) and write atomically."""
+    errors = _schema_errors(manifest)
+    if errors:
+        raise ValueError(f"internal error: manifest does not match its schema: {errors[0]}")
+    atomic_write_json(path, manifest)
+
+
+def load_manifest(path: Path, stage: str | None = None) -> dict:
+    """Read and check a manifest; any problem is an InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest not found")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a brats-seg manifest")
+    if not isinstance(manifest, dict):
+        raise InputError(path, "not a JSON object; expected a brats-seg manifest")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(path, f"schema_version {version!r} is not supported; expected {SCHEMA_VERSION}")
+    errors = _schema_errors(manifest)
+    if errors:
+        raise InputError(path, f"does not match the manifest schema: {errors[0]}")
+    if stage is not None and manifest["stage"] != stage:
+        raise InputError(path, f"is a {manifest['stage']!r} manifest; expected a {stage!r} manifest")
+    _check_unique_ids(path, manifest)
+    return manifest
+
+
+def _check_unique_ids(path: Path, manifest: dict) -> None:
+    seen: set[str] = set()
+    for case in manifest["cases"]:
+        if case["id"] in seen:
+            raise InputError(path, f"duplicate case id {case['id']!r}; expected each case once")
+        seen.add(case["id"])
+
+
+def _schema_errors(manifest: dict) -> list[str]:
+    import jsonschema
+
+    schema = json.loads(_SCHEMA_FILE.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    found = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    return [f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in found]
+
+
+def resolve_inside(root: Path, rel: str, where: str) -> Path:
+    """Turn a manifest path into a real path, refusing anything that leaves `root`."""
+    if not isinstance(rel, str) or not rel:
+        raise InputError(where, f"path {rel!r} is empty or not a string")
+    if os.path.isabs(rel) or Path(rel).is_absolute():
+        raise InputError(where, f"path {rel!r} is absolute; expected a path relative to {root}")
+    if ".." in Path(rel).parts:
+        raise InputError(where, f"path {rel!r} contains '..'; paths may not leave {root}")
+    real_root = Path(root).resolve()
+    target = (Path(root) / rel).resolve()
+    if not target.is_relative_to(real_root):
+        raise InputError(where, f"path {rel!r} resolves to {target}, outside {real_root} (symlink out of the root?)")
+    return target
+
+
+def relative_inside(root: Path, path: Path, where: str) -> str:
+    """The path of `path` relative to `root` as stored in manifests; refuses paths outside root."""
+    real_root, real = Path(root).resolve(), Path(path).resolve()
+    if not real.is_relative_to(real_root):
+        raise InputError(where, f"{path} resolves to {real}, outside the dataset root {real_root}")
+    return Path(os.path.relpath(Path(path).absolute(), Path(root).absolute())).as_posix()
+
+
+def manifest_root(manifest_path: Path, manifest: dict, index: int = 0) -> Path:
+    """Root folder number `index` of a manifest (raw manifests list dataset roots; others use their folder)."""
+    folder = Path(manifest_path).resolve().parent
+    roots = manifest.get("roots") or ["."]
+    return (folder / roots[index]).resolve()
