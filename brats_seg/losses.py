@@ -46,7 +46,8 @@ def labels_to_regions(labels: torch.Tensor) -> torch.Tensor:
     if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_LABELS):
         raise ValueError(
             f"labels must be canonical 0..{NUM_LABELS - 1} (0 bg, 1 NCR, 2 ED, 3 ET), found values "
-            f"in [{int(labels.min())}, {int(labels.max())}]; convert the dataset's convention first")
+            f"in [{int(labels.min())}, {int(labels.max())}]; convert the dataset's convention "
+            "first")
     masks = [torch.isin(labels, torch.tensor(ids, device=labels.device)) for ids in _REGION_LABELS]
     return torch.stack(masks, dim=1).float()
 
@@ -59,7 +60,8 @@ def regions_to_labels(regions: torch.Tensor, threshold: float = 0.5) -> torch.Te
     3 (ET) if WT and TC and ET. TC outside WT, or ET outside TC, is therefore dropped.
     """
     if regions.ndim < 3 or regions.shape[1] != 3:
-        raise ValueError(f"regions must be (B, 3, ...) in WT, TC, ET order, got {tuple(regions.shape)}")
+        raise ValueError(
+            f"regions must be (B, 3, ...) in WT, TC, ET order, got {tuple(regions.shape)}")
     wt = regions[:, 0] > threshold
     tc = wt & (regions[:, 1] > threshold)
     et = tc & (regions[:, 2] > threshold)
@@ -95,7 +97,8 @@ class DiceCELoss(nn.Module):
         if mode not in MODES:
             raise ValueError(f"loss mode must be one of {MODES}, got {mode!r}")
         if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
-            raise ValueError(f"need non-negative weights, not both 0; got dice={dice_weight}, ce={ce_weight}")
+            raise ValueError(f"need non-negative weights, not both 0; got dice={dice_weight}, "
+                             f"ce={ce_weight}")
         self.mode, self.dice_weight, self.ce_weight = mode, dice_weight, ce_weight
         self.include_background, self.batch_dice = include_background, batch_dice
         self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
@@ -114,7 +117,8 @@ class DiceCELoss(nn.Module):
         n_classes = logits.shape[1]
         _check_spatial(logits, labels.shape[1:])
         if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
-            raise ValueError(f"labels must lie in 0..{n_classes - 1} for {n_classes} output channels, "
+            raise ValueError(f"labels must lie in 0..{n_classes - 1} for {n_classes} output "
+                             "channels, "
                              f"found [{int(labels.min())}, {int(labels.max())}]")
         onehot = F.one_hot(labels, n_classes).movedim(-1, 1).float()
         probs = torch.softmax(logits, dim=1)
@@ -125,7 +129,8 @@ class DiceCELoss(nn.Module):
 
     def _regions(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] != 3:
-            raise ValueError(f"regions mode needs 3 output channels (WT, TC, ET), got {logits.shape[1]}")
+            raise ValueError(
+                f"regions mode needs 3 output channels (WT, TC, ET), got {logits.shape[1]}")
         regions = target.float() if target.is_floating_point() else labels_to_regions(target)
         _check_spatial(logits, regions.shape[2:])
         dice = self._dice(torch.sigmoid(logits), regions)
@@ -153,7 +158,8 @@ class DeepSupervisionLoss(nn.Module):
         self.base = base
         self.weights = None if weights is None else [float(w) for w in weights]
         if self.weights is not None and (min(self.weights) < 0 or sum(self.weights) <= 0):
-            raise ValueError(f"deep_supervision_weights must be >= 0 with a positive sum, got {weights}")
+            raise ValueError(
+                f"deep_supervision_weights must be >= 0 with a positive sum, got {weights}")
 
     def forward(self, logits: torch.Tensor | Sequence[torch.Tensor],
                 labels: torch.Tensor) -> torch.Tensor:

@@ -49,10 +49,11 @@ def new_manifest(stage: str, config: dict, input_sha256: str | None = None) -> d
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside `path` (same suffixes); on success fsync and os.replace it into place.
 
     A crash leaves at most a hidden temp file, never a partial file under the final name.
+    durable=False skips the fsyncs, for bulk outputs whose content is verified by hash on reuse.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,10 +61,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -71,7 +71,7 @@ def make_phantom(seed: int | Sequence[int], shape: Sequence[int] = (96, 96, 64),
     geo_rng = np.random.default_rng(geo_ss)
     drawn = shapes.AFFINE_KINDS[int(geo_rng.integers(len(shapes.AFFINE_KINDS)))]
     kind = affine_kind if affine_kind is not None else drawn
-    affine = shapes.draw_affine(geo_rng, shape, spacing, kind)
+    affine = qform_representable(shapes.draw_affine(geo_rng, shape, spacing, kind))
     tissue = shapes.brain_tissue(np.random.default_rng(anat_ss), shape)
     regions = shapes.tumour_regions(np.random.default_rng(tum_ss), tissue)
     tissue[regions["wt"]] = shapes.ED
@@ -107,6 +107,20 @@ def _render(rng: np.random.Generator, tissue: np.ndarray) -> dict[str, np.ndarra
         out[~brain] = 0
         images[name] = out
     return images
+
+
+def qform_representable(affine: np.ndarray) -> np.ndarray:
+    """The affine as a NIfTI qform will decode it, rounded to float32 like the sform is stored.
+
+    The qform stores a quaternion in float32 and recomputes its first component from the other
+    three, which loses ~1e-3 near 180-degree rotations (an oblique LPS affine is one). Snapping
+    the affine to what the quaternion can say keeps qform and sform equal within ~1e-6.
+    """
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_qform(affine, code=1)
+    return header.get_qform().astype(np.float32).astype(np.float64)
 
 
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

@@ -88,7 +88,7 @@ def _blob_distance(rng, shape: Shape, centre, radii, wobble: float) -> np.ndarra
     rel = [idx[i] - np.float32(centre[i]) for i in range(3)]
     d2 = sum(((rot[j, 0] * rel[0] + rot[j, 1] * rel[1] + rot[j, 2] * rel[2]) / radii[j]) ** 2
              for j in range(3))
-    return np.sqrt(d2) * (1.0 + wobble * smooth_field(rng, shape, cells=8))
+    return np.sqrt(d2) * np.exp(wobble * smooth_field(rng, shape, cells=8))
 
 
 def tumour_regions(rng: np.random.Generator, tissue: np.ndarray) -> dict[str, np.ndarray]:
@@ -117,13 +117,13 @@ def _draw_tumour(rng, brain: np.ndarray, centres: np.ndarray, n_brain: int) -> d
     centre = np.array(np.unravel_index(centres[rng.integers(centres.size)], shape))
     radius = (3.0 * rng.uniform(0.025, 0.08) * n_brain / (4.0 * np.pi)) ** (1 / 3)
     radii = radius * np.exp(rng.uniform(-0.25, 0.25, 3))
-    wt = (_blob_distance(rng, shape, centre, radii, 0.3) < 1.0) & brain
-    core_scale = rng.uniform(0.5, 0.7)
+    wt = (_blob_distance(rng, shape, centre, radii, 0.2) < 1.0) & brain
+    core_scale = rng.uniform(0.65, 0.85)
     core_centre = centre + rng.uniform(-0.2, 0.2, 3) * radii
-    core_d = _blob_distance(rng, shape, core_centre, core_scale * radii, 0.2)
+    core_d = _blob_distance(rng, shape, core_centre, core_scale * radii, 0.15)
     tc = (core_d < 1.0) & wt
-    ncr_d = core_d * (1.0 + 0.25 * smooth_field(rng, shape, cells=10))
-    ncr = (ncr_d < rng.uniform(0.5, 0.7)) & tc
+    ncr_d = core_d * np.exp(0.15 * smooth_field(rng, shape, cells=10))
+    ncr = (ncr_d < rng.uniform(0.6, 0.8)) & tc
     return {"wt": wt, "tc": tc, "ncr": ncr, "et": tc & ~ncr}
 
 

@@ -41,7 +41,12 @@ def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:
 
 def to_canonical(labels: np.ndarray, convention: str) -> np.ndarray:
     """Disk labels -> canonical uint8 labels (values were validated at ingestion)."""
-    out = lookup_table(TO_CANONICAL[convention])[np.asarray(labels).astype(np.int64)]
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8:
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError(f"labels outside the {convention} convention")
+        labels = labels.astype(np.uint8)
+    out = lookup_table(TO_CANONICAL[convention])[labels]
     if (out == 255).any():
         raise ValueError(f"labels outside the {convention} convention")
     return out

@@ -50,7 +50,8 @@ class ConvBlock(nn.Module):
         ]
         if dropout > 0:
             layers.append(nn.Dropout3d(dropout))
-        layers += [nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=bias), _norm(norm, out_ch), _act(act)]
+        layers += [nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=bias),
+                   _norm(norm, out_ch), _act(act)]
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,8 @@ class AttentionGate(nn.Module):
         theta_x = self.w_x(x)
         phi_g = self.w_g(g)
         if phi_g.shape[2:] != theta_x.shape[2:]:
-            phi_g = F.interpolate(phi_g, size=theta_x.shape[2:], mode="trilinear", align_corners=False)
+            phi_g = F.interpolate(phi_g, size=theta_x.shape[2:], mode="trilinear",
+                                  align_corners=False)
         alpha = torch.sigmoid(self.psi(F.relu(theta_x + phi_g)))
         if alpha.shape[2:] != x.shape[2:]:
             alpha = F.interpolate(alpha, size=x.shape[2:], mode="trilinear", align_corners=False)
@@ -203,7 +205,8 @@ class AttentionUNet3D(nn.Module):
 def _check_config(in_channels: int, out_channels: int, features: tuple[int, ...], norm: str,
                   act: str, dropout: float, upsample: str) -> None:
     if in_channels < 1 or out_channels < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        raise ValueError(
+            f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
     if len(features) < 2 or min(features) < 1:
         raise ValueError(f"features needs >= 2 positive widths (one per level), got {features}")
     if norm not in _NORMS:

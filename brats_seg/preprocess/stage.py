@@ -1,0 +1,125 @@
+"""The preprocessing stage as a batch job: parallel, sharded, resumable, safe to re-run.
+
+A case counts as done when cases/<id>/entry.json exists, names the same config hash and input
+sha256s, and the arrays it lists still hash to what it recorded. entry.json is written last
+(atomically), so a killed run never leaves a case that looks done but is not.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from brats_seg.errors import InputError
+from brats_seg.manifest import (atomic_write_json, load_manifest, manifest_root, resolve_inside, sha256_file,
+                                sha256_json)
+from brats_seg.preprocess.case import PreprocessConfig, preprocess_case
+from brats_seg.preprocess.locks import exclusive_lock
+from brats_seg.preprocess.manifests import shard_manifest_path, write_stage_manifest
+from brats_seg.preprocess.store import case_dir
+
+ALGORITHM_VERSION = 1  # bump when the per-case output changes for the same config
+
+
+def config_hash(cfg: PreprocessConfig) -> str:
+    return sha256_json({"config": cfg.to_dict(), "algorithm": ALGORITHM_VERSION})
+
+
+def select_shard(cases: list[dict], shard: tuple[int, int]) -> list[dict]:
+    """Deterministic 1/N of the cases: sorted by id, every N-th starting at I."""
+    index, count = shard
+    return sorted(cases, key=lambda c: c["id"])[index::count]
+
+
+def is_done(case: dict, root: Path, out_dir: Path, cfg_sha: str) -> dict | None:
+    """The stored entry if the case is complete and current, else None."""
+    path = case_dir(out_dir, case["id"]) / "entry.json"
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    wanted = {c: case["images"][c]["sha256"] for c in case["channels"]} | ({"seg": case["seg"]["sha256"]} if case.get("seg") else {})
+    if entry.get("config_sha256") != cfg_sha or entry["source"].get("inputs_sha256") != wanted:
+        return None
+    if not _inputs_unchanged(case, root) or not _outputs_verify(entry, out_dir):
+        return None
+    return entry
+
+
+def _inputs_unchanged(case: dict, root: Path) -> bool:
+    records = [case["images"][c] for c in case["channels"]] + ([case["seg"]] if case.get("seg") else [])
+    try:
+        return all(sha256_file(resolve_inside(root, r["path"], case["id"])) == r["sha256"] for r in records)
+    except (OSError, InputError):
+        return False
+
+
+def _outputs_verify(entry: dict, out_dir: Path) -> bool:
+    try:
+        return all(sha256_file(out_dir / entry[key]) == digest for key, digest in entry["sha256"].items())
+    except OSError:
+        return False
+
+
+def _run_one(job: tuple[dict, Path, Path, PreprocessConfig, str]) -> tuple[str, dict | None, str | None]:
+    case, root, out_dir, cfg, cfg_sha = job
+    try:
+        entry = preprocess_case(case, root, out_dir, cfg)
+    except InputError as err:
+        return case["id"], None, err.line()
+    entry["config_sha256"] = cfg_sha
+    atomic_write_json(case_dir(out_dir, case["id"]) / "entry.json", entry)
+    return case["id"], entry, None
+
+
+def run_preprocess(raw_path: Path, out_dir: Path, cfg: PreprocessConfig, workers: int = 1,
+                   shard: tuple[int, int] = (0, 1), force: bool = False) -> dict:
+    """Preprocess this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path."""
+    raw_path, out_dir = Path(raw_path), Path(out_dir)
+    raw = load_manifest(raw_path, stage="raw")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_sha = config_hash(cfg)
+    with exclusive_lock(out_dir / ".locks" / f"shard-{shard[0]}-of-{shard[1]}.lock"):
+        cases = select_shard(raw["cases"], shard)
+        roots = {id(c): manifest_root(raw_path, raw, c["root"]) for c in cases}
+        done = {} if force else {c["id"]: e for c in cases if (e := is_done(c, roots[id(c)], out_dir, cfg_sha))}
+        todo = [(c, roots[id(c)], out_dir, cfg, cfg_sha) for c in cases if c["id"] not in done]
+        fresh, failed = _execute(todo, workers)
+        entries = [done.get(c["id"]) or fresh.get(c["id"]) for c in cases]
+        manifest_path = shard_manifest_path(out_dir, shard)
+        write_stage_manifest(manifest_path, [e for e in entries if e], failed, raw_path, cfg, cfg_sha, shard)
+    summary = {"done": len(fresh), "skipped": len(done), "failed": len(failed), "manifest": str(manifest_path)}
+    print(f"preprocess: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed -> {manifest_path}",
+          file=sys.stderr)
+    return summary
+
+
+def _execute(todo: list, workers: int) -> tuple[dict, list[dict]]:
+    from tqdm import tqdm
+
+    fresh, failed = {}, []
+    bar = tqdm(total=len(todo), desc="preprocess", unit="case", disable=not sys.stderr.isatty() or not todo)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            results = (f.result() for f in as_completed([pool.submit(_run_one, job) for job in todo]))
+            _collect(results, fresh, failed, bar)
+    else:
+        _collect((_run_one(job) for job in todo), fresh, failed, bar)
+    bar.close()
+    return fresh, failed
+
+
+def _collect(results, fresh: dict, failed: list, bar) -> None:
+    for case_id, entry, error in results:
+        if error is not None:
+            print(error, file=sys.stderr)
+            failed.append({"id": case_id, "reason": error})
+        else:
+            fresh[case_id] = entry
+        bar.update(1)
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))

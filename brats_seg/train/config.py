@@ -1,0 +1,341 @@
+"""Typed training configuration: dataclasses filled from YAML plus `key=value` overrides.
+
+Every key is checked against the dataclass field types, so a typo or a wrong type is an
+InputError that names the key and the expected type instead of a crash an hour into training.
+The generic part (`build_typed`, `apply_overrides`, `load_yaml_mapping`) takes any dataclass, so
+the 2D trainer reuses it with its own root dataclass and the shared sections below
+(OptimConfig, ScheduleConfig, TrainConfig, DistributedConfig).
+
+Float fields also accept YAML strings such as `3e-5` (PyYAML reads exponents without a dot as
+strings); ints are accepted for floats; a single int is accepted for a tuple of ints (patch 64
+means 64, 64, 64). Nothing else is coerced.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from brats_seg.errors import InputError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "attention_unet3d"
+    features: tuple[int, ...] = (32, 64, 128, 256, 320)
+    norm: Literal["instance", "batch", "group", "none"] = "instance"
+    deep_supervision: bool = True
+    dropout: float = 0.0
+    upsample: Literal["transpose", "trilinear"] = "transpose"
+
+
+@dataclass
+class LossConfig:
+    mode: Literal["regions", "labels"] = "regions"
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    batch_dice: bool = True
+
+
+@dataclass
+class DataConfig:
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+    batch_size: int = 2
+    fg_fraction: float = 1.0 / 3.0
+    num_workers: int = 4
+    folds: int = 5
+    fold: int = 0  # -1: every case trains, no validation
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rotate_prob: float = 0.2
+    rotate_max_deg: float = 30.0
+    scale_prob: float = 0.2
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    brightness_prob: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    contrast_prob: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = 0.1
+    noise_std: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "sgd"] = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 12.0  # max global grad norm; 0 disables
+    grad_accum: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["poly", "cosine", "plateau", "constant"] = "poly"
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    min_lr: float = 0.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5  # validations without improvement before the LR drops
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    steps_per_epoch: int = 250
+    max_steps: int = 0  # 0: epochs * steps_per_epoch
+    time_budget_s: float = 0.0  # 0: no wall-clock limit (counts across resumes)
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    log_every_steps: int = 50
+    progress: bool = True
+    deterministic: bool = False
+    compile: bool = False
+
+
+@dataclass
+class ValidationConfig:
+    every_epochs: int = 10
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    max_cases: int = 0  # 0: every validation case
+
+
+@dataclass
+class DistributedConfig:
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: float = 120.0
+
+
+@dataclass
+class Config3D:
+    task: Literal["3d"] = "3d"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+# Keys that do not change what is trained; a resume may change them (config_hash skips them).
+RUN_CONTROL_KEYS = (
+    "train.time_budget_s", "train.checkpoint_every_steps", "train.log_every_steps",
+    "train.progress", "data.num_workers", "distributed.timeout_s", "validation.sw_batch_size",
+)
+
+
+# ---- generic typed loading -------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = _type_name(args[0])
+        return f"a list of {inner}s" if args[-1] is Ellipsis else f"a list of {len(args)} {inner}s"
+    return {int: "int", float: "float", bool: "bool (true/false)", str: "string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the field type `tp`; return it converted, or raise InputError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+    elif origin is tuple:
+        return _coerce_tuple(value, tp, key)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise InputError(key, f"got {value!r}; expected {_type_name(tp)}")
+
+
+def _coerce_tuple(value: Any, tp: Any, key: str) -> tuple:
+    args = typing.get_args(tp)
+    if isinstance(value, int) and not isinstance(value, bool) and args[0] is int and args[-1] is not Ellipsis:
+        value = [value] * len(args)
+    if not isinstance(value, (list, tuple)):
+        raise InputError(key, f"got {value!r}; expected {_type_name(tp)}")
+    if args[-1] is Ellipsis:
+        if not value:
+            raise InputError(key, f"got an empty list; expected {_type_name(tp)}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if len(value) != len(args):
+        raise InputError(key, f"got {list(value)!r}; expected {_type_name(tp)}")
+    return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+
+
+def build_typed(cls: type, mapping: Any, prefix: str = "") -> Any:
+    """Instantiate dataclass `cls` from a (nested) mapping; unknown keys and bad types raise InputError."""
+    where = prefix.rstrip(".") or "config"
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise InputError(where, f"got {mapping!r}; expected a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        raise InputError(f"{prefix}{unknown[0]}", f"unknown key; valid keys under {where}: {', '.join(names)}")
+    kwargs = {}
+    for name, value in mapping.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build_typed(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=1e-3' -> (['optim', 'lr'], 0.001); the value is read as YAML (lists, bools...)."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise InputError(text, "override is not of the form section.key=value (e.g. optim.lr=0.001)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise InputError(key, f"value {raw!r} is not valid YAML ({exc.__class__.__name__})")
+    return key.split("."), value
+
+
+def apply_overrides(mapping: dict, overrides: Sequence[str]) -> dict:
+    """Set each dotted key in a copy of `mapping` (checking happens later in build_typed)."""
+    import copy
+
+    merged = copy.deepcopy(mapping)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = merged
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(".".join(parts[: i + 1]), f"is a value, not a section; cannot set {text!r}")
+            node = child
+        node[parts[-1]] = value
+    return merged
+
+
+def load_yaml_mapping(path: Path | None) -> dict:
+    """The YAML file as a dict ({} for None); unreadable or non-mapping files are InputErrors."""
+    import yaml
+
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "config file not found; expected a YAML file such as pipelines/train_cpu.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML: {' '.join(str(exc).split())}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a YAML mapping of sections (model, data, optim, ...) at the top level")
+    return data
+
+
+def to_dict(cfg: Any) -> dict:
+    """A JSON/YAML-able dict (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_hash(cfg: Any, skip: Sequence[str] = RUN_CONTROL_KEYS) -> str:
+    """sha256 of the config minus run-control keys: equal hashes train the same model."""
+    from brats_seg.manifest import sha256_json
+
+    data = to_dict(cfg)
+    for dotted in skip:
+        section, _, key = dotted.partition(".")
+        data.get(section, {}).pop(key, None)
+    return sha256_json(data)
+
+
+# ---- the 3D config -----------------------------------------------------------------------------
+
+def load_config(path: Path | None, overrides: Sequence[str] = ()) -> Config3D:
+    """Config3D from a YAML file plus overrides, type-checked and sanity-checked."""
+    mapping = apply_overrides(load_yaml_mapping(path), overrides)
+    cfg = build_typed(Config3D, mapping)
+    check_config(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise InputError(key, message)
+
+
+def check_config(cfg: Config3D) -> None:
+    """Value ranges the types cannot express."""
+    d, t, o = cfg.data, cfg.train, cfg.optim
+    _require(min(d.patch_size) >= 8, "data.patch_size", f"got {list(d.patch_size)}; expected sizes >= 8")
+    factor = 2 ** (len(cfg.model.features) - 1)
+    bad = [s for s in d.patch_size if s % factor]
+    _require(not bad, "data.patch_size", f"got {list(d.patch_size)}; each size must be divisible by "
+             f"{factor} for a model with {len(cfg.model.features)} levels")
+    _require(d.batch_size >= 1, "data.batch_size", f"got {d.batch_size}; expected >= 1")
+    _require(0.0 <= d.fg_fraction <= 1.0, "data.fg_fraction", f"got {d.fg_fraction}; expected 0..1")
+    _require(d.num_workers >= 0, "data.num_workers", f"got {d.num_workers}; expected >= 0")
+    _require(d.folds >= 2, "data.folds", f"got {d.folds}; expected >= 2")
+    _require(-1 <= d.fold < d.folds, "data.fold", f"got {d.fold}; expected -1 (no validation) or 0..{d.folds - 1}")
+    _require(t.epochs >= 1 and t.steps_per_epoch >= 1, "train.epochs",
+             "epochs and steps_per_epoch must be >= 1")
+    _require(t.max_steps >= 0 and t.time_budget_s >= 0, "train.max_steps", "limits must be >= 0 (0 = none)")
+    _require(t.log_every_steps >= 1, "train.log_every_steps", f"got {t.log_every_steps}; expected >= 1")
+    _require(o.lr > 0, "optim.lr", f"got {o.lr}; expected > 0")
+    _require(o.grad_accum >= 1, "optim.grad_accum", f"got {o.grad_accum}; expected >= 1")
+    _require(o.grad_clip >= 0, "optim.grad_clip", f"got {o.grad_clip}; expected >= 0 (0 disables)")
+    _require(cfg.validation.every_epochs >= 1, "validation.every_epochs", "expected >= 1")
+    _require(0 <= cfg.validation.overlap < 1, "validation.overlap", "expected 0 <= overlap < 1")
+    _require(cfg.distributed.timeout_s > 0, "distributed.timeout_s", "expected > 0 seconds")
+    lo, hi = cfg.augment.scale_range
+    _require(0 < lo <= hi, "augment.scale_range", f"got {[lo, hi]}; expected 0 < low <= high")
+
+
+def total_steps(t: TrainConfig) -> int:
+    """Optimiser steps the run is planned for (what the LR schedule decays over)."""
+    planned = t.epochs * t.steps_per_epoch
+    return min(planned, t.max_steps) if t.max_steps else planned
