@@ -22,14 +22,39 @@ def allowed_values(convention: str) -> set[int]:
 
 
 def guess_convention(values: set[int], layout_default: str) -> str | None:
-    """The convention the present values imply; None when they fit none (the caller reports it)."""
+    """The convention the present values imply; None when they fit none (the caller reports it).
+
+    Only BraTS folder layouts switch between 2021 ({0,1,2,4}) and 2023 ({0,1,2,3}) by the values
+    found; MSD and nnU-Net datasets declare their labels, so a 4 there is an error, not a hint.
+    """
     if 3 in values and 4 in values:
         return None
-    if 4 in values:
-        return "brats2021"
-    if 3 in values and layout_default == "brats2021":
-        return "brats2023"
-    return layout_default
+    if layout_default in ("brats2021", "brats2023"):
+        if 4 in values:
+            return "brats2021"
+        if 3 in values:
+            return "brats2023"
+        return layout_default
+    return None if 4 in values else layout_default
+
+
+def convention_from_dataset_json(labels: dict) -> str | None:
+    """Read an MSD/nnU-Net dataset.json 'labels' block: which value means edema decides it.
+
+    nnU-Net's BraTS conversions (Dataset001 from MSD, Dataset137 BraTS2021) put edema at 1 and
+    necrosis at 2 (the MSD order); region-style blocks ('tumor core': [2, 3]) say the same.
+    """
+    by_name = {}
+    for key, value in labels.items():
+        name, val = (str(value), key) if str(key).isdigit() else (str(key), value)  # MSD: {"1": "edema"}
+        by_name[name.lower()] = val
+    edema = next((v for n, v in by_name.items() if "edema" in n), None)
+    core = next((v for n, v in by_name.items() if "core" in n), None)
+    if edema is not None:
+        return "msd" if int(edema) == 1 else "brats2023" if int(edema) == 2 else None
+    if isinstance(core, list):
+        return "msd" if sorted(core) == [2, 3] else "brats2023" if sorted(core) == [1, 3] else None
+    return None
 
 
 def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:

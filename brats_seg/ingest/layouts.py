@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brats_seg.errors import InputError
+from brats_seg.ingest.labels import convention_from_dataset_json
 from brats_seg.io.volume import volume_format
 
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -35,6 +36,7 @@ class CaseSpec:
     channels: tuple[str, ...]
     images: dict[str, list[tuple[Path, int | None]]] = field(default_factory=dict)
     segs: list[Path] = field(default_factory=list)
+    label_convention: str | None = None  # declared by dataset.json, when it says
 
 
 def channel_of(token: str) -> str | None:
@@ -78,7 +80,11 @@ def discover(src: Path, layout: str, channels: tuple[str, ...] = BRATS_CHANNELS)
     if layout in ("brats2021", "brats2023"):
         return _discover_folders(src, layout, channels)
     meta = _read_json(src / "dataset.json")
-    return _discover_msd(src, meta, channels) if layout == "msd" else _discover_nnunet(src, meta, channels)
+    cases = _discover_msd(src, meta, channels) if layout == "msd" else _discover_nnunet(src, meta, channels)
+    declared = convention_from_dataset_json(meta["labels"]) if isinstance(meta.get("labels"), dict) else None
+    for case in cases:
+        case.label_convention = declared
+    return cases
 
 
 def _volume_files(folder: Path, recursive: bool = False) -> list[Path]:

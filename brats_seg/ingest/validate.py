@@ -6,6 +6,7 @@ label values outside the convention, non-integer labels, mixed conventions, labe
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from brats_seg.ingest.layouts import DEFAULT_CONVENTION, CaseSpec
 from brats_seg.io.geometry import Geometry, same_grid
 from brats_seg.io.volume import read_volume
 from brats_seg.manifest import relative_inside, sha256_file
+
+CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the manifest schema's pattern
 
 
 def _pick_files(spec: CaseSpec) -> dict[str, tuple[Path, int | None]]:
@@ -29,7 +32,8 @@ def _pick_files(spec: CaseSpec) -> dict[str, tuple[Path, int | None]]:
             names = ", ".join(p.name for p, _ in spec.images[channel])
             raise InputError(spec.case_id, f"ambiguous {channel}: several files match ({names}); expected exactly one")
     if len(spec.segs) > 1:
-        raise InputError(spec.case_id, f"ambiguous label map: several files match ({', '.join(p.name for p in spec.segs)})")
+        raise InputError(spec.case_id, f"ambiguous label map: several files match ({', '.join(p.name for p in spec.segs)}); "
+                                       "expected at most one")
     return {c: spec.images[c][0] for c in spec.channels}
 
 
@@ -66,6 +70,9 @@ def file_record(path: Path, root: Path, geom: Geometry, dtype, index: int | None
 
 def validate_case(spec: CaseSpec, labels: str = "auto") -> dict:
     """Read and check every file of a case; return its raw-manifest entry (without 'root')."""
+    if not CASE_ID.fullmatch(spec.case_id):
+        raise InputError(spec.case_id, "case id has characters other than letters, digits, '.', '_' and '-' "
+                                       "(or starts with one of '._-'); expected a plain id: rename the folder or files")
     chosen = _pick_files(spec)
     records, reference, warnings = {}, None, []
     for channel, (path, index) in chosen.items():
@@ -92,7 +99,7 @@ def _validate_seg(spec: CaseSpec, path: Path, reference: Geometry, labels: str, 
             raise InputError(path, "label map has non-integer values; expected integer labels")
         warnings.append(f"{path.name}: labels stored as {data.dtype}, read as integers")
     values = {int(v) for v in np.unique(data)}
-    convention = _convention_for(path, values, labels, DEFAULT_CONVENTION[spec.layout])
+    convention = _convention_for(path, values, labels, spec.label_convention or DEFAULT_CONVENTION[spec.layout])
     if values == {0}:
         warnings.append(f"{path.name}: label map is empty (no tumour voxels)")
     return file_record(path, spec.root, geom, data.dtype, None, spec.case_id), convention
@@ -103,6 +110,9 @@ def _convention_for(path: Path, values: set[int], labels: str, layout_default: s
         raise InputError(path, f"label values {sorted(values)} mix conventions (3 and 4 together); "
                                "expected BraTS 2021 {0,1,2,4} or BraTS 2023 {0,1,2,3}")
     convention = labels if labels != "auto" else guess_convention(values, layout_default)
+    if convention is None:
+        raise InputError(path, f"label values {sorted(values)} fit no known convention for this layout ({layout_default}); "
+                               "expected values of one convention, or pass --labels")
     allowed = allowed_values(convention)
     if not values <= allowed:
         extra = sorted(values - allowed)

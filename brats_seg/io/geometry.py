@@ -79,8 +79,14 @@ def same_grid(a: Geometry, b: Geometry, atol_mm: float = 1e-3, rtol_dir: float =
     if not np.allclose(a.origin, b.origin, atol=atol_mm):
         return f"origin {_fmt(b.origin)} differs from {_fmt(a.origin)}"
     if not np.allclose(a.direction, b.direction, atol=rtol_dir):
-        return f"direction {b.orientation} differs from {a.orientation}"
+        return f"direction {b.orientation} differs from {a.orientation} by {axis_angle_deg(a.direction, b.direction):.3g} degrees"
     return None
+
+
+def axis_angle_deg(d1: np.ndarray, d2: np.ndarray) -> float:
+    """Largest angle between corresponding axes of two direction matrices."""
+    cos = np.clip(np.sum(d1 * d2, axis=0), -1.0, 1.0)
+    return float(np.degrees(np.arccos(cos)).max())
 
 
 def _fmt(values) -> str:

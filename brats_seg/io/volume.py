@@ -5,7 +5,7 @@ Every failure a user can cause becomes an InputError naming the file.
 """
 from __future__ import annotations
 
-import gzip
+import logging
 import zlib
 from pathlib import Path
 
@@ -14,6 +14,9 @@ import numpy as np
 
 from brats_seg.errors import InputError
 from brats_seg.io.geometry import LPS_TO_RAS, Geometry, as_affine_tuple
+
+# nibabel logs header problems itself; we report them as one InputError line instead.
+logging.getLogger("nibabel.global").setLevel(logging.CRITICAL)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -35,7 +38,7 @@ def read_volume(path: Path, allow_4d: bool = False) -> tuple[np.ndarray, Geometr
     if not path.is_file():
         raise InputError(path, "file not found")
     if path.stat().st_size == 0:
-        raise InputError(path, "file is empty")
+        raise InputError(path, "file is empty (0 bytes); expected a volume file")
     fmt = volume_format(path)
     if fmt == "nifti":
         data, geom = _read_nifti(path)
@@ -54,21 +57,28 @@ def _check_dims(path: Path, data: np.ndarray, allow_4d: bool) -> np.ndarray:
     if data.ndim != 3:
         raise InputError(path, f"has {data.ndim} dimensions {list(data.shape)}; expected a 3D volume")
     if min(data.shape) < 1:
-        raise InputError(path, f"has an empty axis, shape {list(data.shape)}")
+        raise InputError(path, f"has an empty axis, shape {list(data.shape)}; expected every axis >= 1")
     return data
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+def _read_nifti(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, Geometry]:
+    """Decode a whole NIfTI file from memory; the gzip CRC and length are checked, so a damaged
+    or cut .nii.gz is refused even when the voxel bytes themselves are all present."""
+    blob = path.read_bytes() if blob is None else blob
     try:
-        img = nib.load(str(path))
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise InputError(path, f"is a {type(img).__name__}, not NIfTI")
-        data = np.asanyarray(img.dataobj)  # forces the full read and decompression
-    except InputError:
-        raise
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raw = _gunzip(blob) if path.name.lower().endswith(".gz") else blob
+        img = _nifti_from_bytes(raw)
+        data = np.asanyarray(img.dataobj)
+    except (zlib.error, ValueError, EOFError, OSError, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError) as exc:
         raise InputError(path, f"unreadable or truncated NIfTI ({_short(exc)}); expected a complete .nii/.nii.gz file")
     return data, _nifti_geometry(path, img, data.shape[:3])
+
+
+def _nifti_from_bytes(raw: bytes):
+    if len(raw) >= 4 and int.from_bytes(raw[:4], "little") in (540, 540 << 24):  # sizeof_hdr of NIfTI-2
+        return nib.Nifti2Image.from_bytes(raw)
+    return nib.Nifti1Image.from_bytes(raw)
 
 
 def _nifti_geometry(path: Path, img, shape) -> Geometry:
@@ -146,24 +156,15 @@ def read_volume_verified(path: Path, sha256: str, allow_4d: bool = False) -> tup
     import hashlib
 
     path = Path(path)
-    if volume_format(path) != "nifti" or not path.is_file():
-        from brats_seg.manifest import sha256_file
-
-        if path.is_file() and sha256_file(path) != sha256:
-            raise InputError(path, "changed since the manifest was written (sha256 differs); re-run ingest")
-        return read_volume(path, allow_4d)
+    if not path.is_file():
+        raise InputError(path, "file not found; expected the file the manifest lists (moved or deleted?)")
     blob = path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != sha256:
         raise InputError(path, "changed since the manifest was written (sha256 differs); re-run ingest")
-    try:
-        raw = _gunzip(blob) if path.name.lower().endswith(".gz") else blob
-        img = nib.Nifti1Image.from_bytes(raw)
-        data = np.asanyarray(img.dataobj)
-    except nib.filebasedimages.ImageFileError:
-        return read_volume(path, allow_4d)  # e.g. NIfTI-2: take the general reader
-    except (zlib.error, ValueError, EOFError, OSError) as exc:  # isal raises its own error type
-        raise InputError(path, f"unreadable or truncated NIfTI ({_short(exc)})")
-    return _check_dims(path, data, allow_4d), _nifti_geometry(path, img, data.shape[:3])
+    if volume_format(path) != "nifti":
+        return read_volume(path, allow_4d)
+    data, geom = _read_nifti(path, blob)
+    return _check_dims(path, data, allow_4d), geom
 
 
 def _gunzip(blob: bytes) -> bytes:

@@ -43,7 +43,7 @@ def _open(path: Path) -> Image.Image:
 
 def read_image(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB (greyscale, palette and RGBA images are converted; EXIF rotation is not applied)."""
-    return np.asarray(_open(Path(path)).convert("RGB"))
+    return np.array(_open(Path(path)).convert("RGB"))
 
 
 def read_mask(path: str | Path, labels: LabelSpec) -> np.ndarray:

@@ -54,7 +54,7 @@ def colour_to_index(rgb: np.ndarray, colours: np.ndarray, ignore_index: int = 25
     values[np.isin(unique, ignore_keys) & (values < 0)] = ignore_index
     unknown = unique[values < 0]
     if strict and len(unknown):
-        shown = ", ".join(str(((k >> 16) & 255, (k >> 8) & 255, k & 255)) for k in unknown[:5])
+        shown = ", ".join(f"({k >> 16 & 255}, {k >> 8 & 255}, {k & 255})" for k in unknown[:5].tolist())
         raise InputError(where, f"{len(unknown)} colour(s) not in the palette, e.g. {shown}; "
                                 "expected only class colours (or use strict=False to ignore them)")
     values[values < 0] = ignore_index

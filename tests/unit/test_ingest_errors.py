@@ -87,7 +87,7 @@ def b_ambiguous_t1ce_t1c(ds):
 def b_two_label_maps(ds):
     c = make_case(ds, "c1")
     shutil.copy(c / "c1_seg.nii.gz", c / "c1_label.nii.gz")
-    return "error: c1: ambiguous label map: several files match (c1_label.nii.gz, c1_seg.nii.gz)"
+    return "error: c1: ambiguous label map: several files match (c1_label.nii.gz, c1_seg.nii.gz); expected at most one"
 
 
 def b_garbage_gz(ds):
@@ -99,7 +99,7 @@ def b_garbage_gz(ds):
 def b_empty(ds):
     p = make_case(ds, "c1") / "c1_t2.nii.gz"
     p.write_bytes(b"")
-    return f"error: {p}: file is empty"
+    return f"error: {p}: file is empty (0 bytes); expected a volume file"
 
 
 def b_truncated_gz(ds):
@@ -175,7 +175,7 @@ def b_direction(ds):
     a = BRATS_AFFINE.copy()
     a[0, 0] = 1.0  # x axis flipped, same origin and spacing
     _rewrite(p, affine=a)
-    return f"error: {p}: direction RPS differs from LPS {GRID}"
+    return f"error: {p}: direction RPS differs from LPS by 180 degrees {GRID}"
 
 
 def b_qform_sform(ds):

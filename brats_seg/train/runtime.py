@@ -1,0 +1,82 @@
+"""Process-level training setup shared by the 3D and 2D trainers: seeds, threads, determinism,
+mixed precision, and the SIGTERM flag that turns pre-emption into "checkpoint and exit".
+
+Exit codes of `brats-seg train`: 0 finished (epochs, steps or wall-clock budget reached);
+2 bad input (one `error:` line); 75 (EX_TEMPFAIL, "try again") stopped by SIGTERM after saving a
+checkpoint: run the same command with --resume to continue.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+from typing import Callable, ContextManager
+
+import numpy as np
+import torch
+
+EXIT_OK = 0
+EXIT_PREEMPTED = 75
+
+
+def seed_all(seed: int) -> None:
+    """Python, NumPy and torch (all devices) from one seed."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def configure_runtime(num_threads: int, deterministic: bool, device: torch.device) -> None:
+    """Threads and (non-)deterministic kernels; cuDNN autotuning unless determinism is asked for."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: AMP runs on CUDA only ('auto' = bf16 where supported, else fp16)."""
+    if device.type != "cuda" or setting == "none":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:
+    """A zero-argument context factory: autocast when dtype is set, else a no-op."""
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+class StopFlag:
+    """Sets `requested` on SIGTERM (cluster pre-emption); the loop checkpoints and exits 75."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def install(self) -> "StopFlag":
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
