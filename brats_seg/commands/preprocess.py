@@ -38,6 +38,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", default="native", help="'native' or target spacing in mm, e.g. 2.0 or 1,1,2")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 4, one per core)")
     p.add_argument("--shard", default="0/1", help="process only shard I of N (cluster arrays), e.g. 3/16")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored image precision")
     p.add_argument("--force", action="store_true", help="redo every case even if its outputs are current")
 
 
@@ -45,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import default_workers, run_preprocess
 
-    cfg = PreprocessConfig(spacing=parse_spacing(args.spacing))
+    cfg = PreprocessConfig(spacing=parse_spacing(args.spacing), dtype=args.dtype)
     summary = run_preprocess(args.raw, args.out, cfg, args.workers or default_workers(), parse_shard(args.shard), args.force)
     return 1 if summary["failed"] else 0
