@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "Dice, HD95 and volumes per case and region"),
     "demo": ("demo", "synth -> ingest -> preprocess -> train -> predict -> evaluate"),
     "run": ("run_pipeline", "run the stages a pipeline YAML declares, skipping current ones"),
+    "report": ("report", "Markdown report of a study: metrics table and pictures"),
     "bench": ("bench", "benchmarks side by side against a reference"),
     "distill": ("distill", "knowledge distillation of a 2D student from a teacher"),
     "quantize": ("quantize", "int8 post-training quantization of a 2D model"),

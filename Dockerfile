@@ -1,0 +1,33 @@
+# brats-seg container: CPU by default, CUDA through a build argument. No data or weights inside.
+#   docker build -t brats-seg .                                   # CPU (PyTorch CPU wheel)
+#   docker build --build-arg TORCH_VARIANT=cu128 -t brats-seg:cuda .   # CUDA 12.8 PyTorch wheel
+#   docker run --rm -v $PWD/data:/data brats-seg ingest /data/cases --out /data/raw.json
+# (GPU: docker run --gpus all ...; the CUDA runtime comes with the PyTorch wheel, the driver from the host.)
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ARG TORCH_VARIANT=cpu
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY brats_seg ./brats_seg
+RUN pip install .
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+LABEL org.opencontainers.image.title="brats-seg" \
+      org.opencontainers.image.description="BraTS 3D segmentation pipeline and 2D segmentation models"
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+COPY --from=build /opt/venv /opt/venv
+COPY pipelines /opt/brats-seg/pipelines
+RUN groupadd --gid 10001 brats \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin brats \
+    && brats-seg --version
+USER 10001:10001
+WORKDIR /home/brats
+HEALTHCHECK --interval=5m --timeout=30s --retries=1 CMD ["brats-seg", "--version"]
+ENTRYPOINT ["brats-seg"]
+CMD ["--help"]

@@ -1,0 +1,25 @@
+"""Cheap, stable fingerprints of stage inputs and outputs, for deciding what is current."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from brats_seg.manifest import sha256_file
+
+
+def fingerprint(path: Path) -> str | None:
+    """sha256 of a file; for a folder, of its listing (names, sizes, mtimes); None if missing."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for item in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            stat = item.stat()
+            h.update(f"{item.relative_to(path).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    return None
+
+
+def fingerprints(paths: list[Path]) -> dict[str, str | None]:
+    return {str(p): fingerprint(p) for p in paths}
