@@ -27,8 +27,9 @@ def parse_spacing(text: str):
         values = []
     if len(values) == 1:
         values *= 3
-    if len(values) != 3 or min(values) <= 0:
-        raise InputError("--spacing", f"{text!r} is not valid; expected 'native', one size in mm (2.0) or three (1,1,2)")
+    if len(values) != 3 or not all(0.05 <= v <= 50 for v in values):  # also rejects nan and inf
+        raise InputError("--spacing", f"{text!r} is not valid; expected 'native', or one (2.0) or three (1,1,2) "
+                                      "sizes in mm between 0.05 and 50")
     return tuple(values)
 
 

@@ -50,40 +50,61 @@ def load_case(case: dict, root: Path) -> tuple[list[np.ndarray], np.ndarray | No
     return images, seg, geometry
 
 
-def preprocess_case(case: dict, root: Path, out_root: Path, cfg: PreprocessConfig) -> dict:
-    """Run the whole per-case chain and write the case's arrays; returns its manifest entry.
+@dataclass
+class PreparedCase:
+    """A case in preprocessed space, in memory; `source` is what inverse.py needs to go back."""
+
+    image: np.ndarray  # (X, Y, Z, C), Fortran order, cfg.dtype
+    labels: np.ndarray | None  # canonical (X, Y, Z) uint8, or None
+    affine: np.ndarray
+    norm: dict
+    source: dict  # geometry, ornt, crop_box, cropped_shape
+
+
+def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geometry, channels: list[str],
+                   cfg: PreprocessConfig, label_convention: str | None = None) -> PreparedCase:
+    """The per-case chain without writing anything (shared by preprocessing and inference).
 
     The crop box is found and applied in file axes (contiguous memory, cheap); only the cropped
     block is reoriented, as a view that the normalisation copies once.
     """
-    images, seg, geom = load_case(case, root)
     box = spatial.union_nonzero_box(images)
     cropped_file_shape = tuple(hi - lo for lo, hi in box)
     ornt = spatial.canonical_ornt(geom.affine_array)
     views = [spatial.reorient(spatial.crop(im, box), ornt) for im in images]
-    image, norm = _normalise(views, case["channels"], cfg.dtype)
+    image, norm = _normalise(views, channels, cfg.dtype)
     labels = None
     if seg is not None:  # canonical labels after cropping: a third of the voxels to map
-        labels = np.asfortranarray(to_canonical(spatial.reorient(spatial.crop(seg, box), ornt), case["label_convention"]))
+        labels = np.asfortranarray(to_canonical(spatial.reorient(spatial.crop(seg, box), ornt), label_convention))
     affine = geom.affine_array @ spatial.translation([lo for lo, _ in box])
     affine = spatial.reoriented_affine(affine, ornt, cropped_file_shape)
     cropped_shape = tuple(int(n) for n in views[0].shape)
     image, labels, affine = _maybe_resample(image, labels, affine, cfg)
+    source = {"geometry": geom.to_dict(), "ornt": ornt.astype(int).tolist(),
+              "crop_box": box, "cropped_shape": list(cropped_shape)}
+    return PreparedCase(image, labels, affine, norm, source)
+
+
+def preprocess_case(case: dict, root: Path, out_root: Path, cfg: PreprocessConfig) -> dict:
+    """Run the whole per-case chain and write the case's arrays; returns its manifest entry."""
+    images, seg, geom = load_case(case, root)
+    prepared = prepare_arrays(images, seg, geom, case["channels"], cfg,
+                              case["label_convention"] if seg is not None else None)
+    image, affine = prepared.image, prepared.affine
     entry = {
         "id": case["id"], "channels": list(case["channels"]),
         "shape": [int(n) for n in image.shape[:3]],
         "spacing": [round(float(v), 6) for v in np.linalg.norm(affine[:3, :3], axis=0)],
         "affine": affine.tolist(),
-        "norm": norm,
+        "norm": prepared.norm,
         "source": {
-            "geometry": geom.to_dict(), "ornt": ornt.astype(int).tolist(),
-            "crop_box": box, "cropped_shape": list(cropped_shape),
+            **prepared.source,
             "label_convention": case.get("label_convention"),
             "inputs_sha256": {c: case["images"][c]["sha256"] for c in case["channels"]}
             | ({"seg": case["seg"]["sha256"]} if case.get("seg") else {}),
         },
     }
-    entry.update(_write_arrays(out_root, case["id"], image, labels))
+    entry.update(_write_arrays(out_root, case["id"], image, prepared.labels))
     return entry
 
 
@@ -139,6 +160,8 @@ def _maybe_resample(image: np.ndarray, labels: np.ndarray | None, affine: np.nda
 def _write_arrays(out_root: Path, case_id: str, image: np.ndarray, labels: np.ndarray | None) -> dict:
     folder = case_dir(out_root, case_id)
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".*.tmp*"):  # temp files of a killed earlier run
+        leftover.unlink(missing_ok=True)
     written = {"image": _save(folder / "image.npy", image)}
     if labels is not None:
         written["seg"] = _save(folder / "seg.npy", labels)

@@ -75,7 +75,7 @@ def _check_compatible(out_dir: Path, parts: list[dict]) -> None:
 
 def maybe_merge(out_dir: Path, count: int) -> Path | None:
     """Merge when the last shard finishes (under a lock, so two finishing shards don't race)."""
-    with exclusive_lock(Path(out_dir) / ".locks" / "merge.lock"):
+    with exclusive_lock(Path(out_dir) / ".locks" / "merge.lock", wait_seconds=600):
         files = _shard_files(out_dir)
         if all((i, count) in files for i in range(count)):
             return merge(out_dir, count)
