@@ -148,7 +148,8 @@ def _build(skips: int, num_classes: int, backbone: str, output_stride: int | Non
             raise ValueError("aux=True needs a ResNet/MobileNetV2 backbone; the VGG FCN has no aux head")
         if output_stride not in (None, 32):
             raise ValueError(f"FCN-VGG16 has output stride 32 only, got {output_stride}")
-        kw.pop("width_mult", None)
+        if kw.pop("width_mult", 1.0) != 1.0:
+            raise ValueError("width_mult applies to mobilenet_v2 only, not vgg16")
         model: nn.Module = FCNVGG(num_classes, skips, **kw)
     else:
         model = FCNResNet(num_classes, skips, backbone, output_stride or 32, aux, **kw)

@@ -95,7 +95,7 @@ class SegmentationDataset(Dataset):
 # ------------------------------------------------------------------------------- listings
 def _files_by_key(folder: Path, tag: str, suffixes: tuple[str, ...]) -> dict[str, Path]:
     if not folder.is_dir():
-        raise InputError(folder, "folder not found")
+        raise InputError(folder, "folder not found; expected a folder of images or masks")
     out = {}
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in suffixes and p.stem.endswith(tag) and not p.name.startswith("."):
@@ -110,10 +110,10 @@ def folder_pairs(image_dir: str | Path, mask_dir: str | Path, image_tag: str = "
     Every image needs a mask and every mask an image: an unmatched file usually means a typo or a
     half-copied dataset, so it is reported rather than skipped.
     """
+    if Path(image_dir) == Path(mask_dir) and image_tag == mask_tag:
+        raise ValueError("image and mask folders are the same; give image_tag/mask_tag to tell them apart")
     images = _files_by_key(Path(image_dir), image_tag, IMAGE_SUFFIXES)
     masks = _files_by_key(Path(mask_dir), mask_tag, mask_suffixes)
-    if image_dir == mask_dir and image_tag == mask_tag:
-        raise ValueError("image and mask folders are the same; give image_tag/mask_tag to tell them apart")
     lonely_images, lonely_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
     if lonely_images or lonely_masks:
         raise InputError(mask_dir, f"unmatched files: images without mask {lonely_images[:5]}, "

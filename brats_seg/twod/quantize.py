@@ -14,10 +14,14 @@ What works on torch 2.13 (CPU build), checked when this was written:
 Models must be FX-traceable (no data-dependent Python control flow); the 2D models here are.
 The quantized model returns the eval-mode output (a tensor; aux heads are off in eval).
 
-Two ops stay in fp32, found by measurement: dilated depthwise convs (MobileNetV2 at output stride
-8/16) have no fast int8 kernel in fbgemm and took ~9 ms each at 16x16x960, making the int8
-DeepLabV3+-MobileNetV2 no faster than fp32; and `torch.cat` of branches with different scales
-(ASPP, decoder), which the int8 kernel would requantize with a warning. Both are cheap in fp32.
+Two fixes on top of the default flow, both found by measurement:
+- Dilated depthwise convs (MobileNetV2 at output stride 8/16) have no fast int8 kernel in fbgemm
+  (~9 ms each at 16x16x960, which made int8 DeepLabV3+-MobileNetV2 no faster than fp32); they
+  stay fp32, at the cost of a dequantize/quantize pair around each.
+- FX leaves `torch.cat` of differently scaled int8 tensors (ASPP branches, decoder inputs) to the
+  quantized cat kernel, which silently uses the first input's scale and clips the others
+  (cat of [1.0] at scale 0.01 and [10.0] at scale 0.1 gives [1.0, 2.55]). Each such cat is
+  replaced by one that requantizes all inputs to a common range covering every input.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ def quantize_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor],
 
     Per-channel weights, per-tensor activations (the backend's default qconfig). A few to a few
     dozen representative images are enough: observers only record activation ranges.
+    Sets `torch.backends.quantized.engine` to `backend`: the int8 kernels run on that engine.
     """
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -57,7 +62,7 @@ def quantize_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor],
         with torch.no_grad():
             for x in batches:
                 prepared(x.cpu())
-        return convert_fx(prepared)
+        return _fix_quantized_cat(convert_fx(prepared))
 
 
 def int8_qconfig_mapping(model: nn.Module, backend: str = "x86"):
@@ -65,11 +70,31 @@ def int8_qconfig_mapping(model: nn.Module, backend: str = "x86"):
     from torch.ao.quantization import get_default_qconfig_mapping
 
     mapping = get_default_qconfig_mapping(backend)
-    mapping.set_object_type(torch.cat, None)
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.groups > 1 and module.dilation != (1, 1):
             mapping.set_module_name(name, None)
     return mapping
+
+
+def cat_common_scale(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """torch.cat that requantizes int8 inputs to one scale covering all their ranges (no clipping)."""
+    if not all(t.is_quantized and t.dtype == torch.quint8 for t in tensors) \
+            or len({(t.q_scale(), t.q_zero_point()) for t in tensors}) == 1:
+        return torch.cat(tensors, dim=dim)
+    lows = [(0 - t.q_zero_point()) * t.q_scale() for t in tensors]
+    highs = [(255 - t.q_zero_point()) * t.q_scale() for t in tensors]
+    low, high = min(min(lows), 0.0), max(max(highs), 0.0)
+    scale = max((high - low) / 255.0, 1e-8)
+    zero_point = int(min(max(round(-low / scale), 0), 255))
+    return torch.ops.quantized.cat(list(tensors), dim, scale, zero_point)
+
+
+def _fix_quantized_cat(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.cat:
+            node.target = cat_common_scale
+    graph_module.recompile()
+    return graph_module
 
 
 def benchmark_latency(model: nn.Module, input_shape: tuple[int, ...], threads: int = 2,
