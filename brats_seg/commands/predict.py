@@ -1,0 +1,124 @@
+"""`brats-seg predict`: masks on the input's grid from a trained run, for one case or a whole manifest.
+
+    brats-seg predict --model RUN_DIR --case CASE_DIR --out mask.nii.gz
+    brats-seg predict --model RUN_DIR --t1 A --t1ce B --t2 C --flair D --out OUT_DIR
+    brats-seg predict --model best.pt --manifest raw.json --shard 0/4 --out PRED_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from brats_seg.errors import InputError
+
+FILE_CHANNELS = ("t1", "t1ce", "t2", "flair")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="training run folder or checkpoint file (.pt)")
+    src = p.add_argument_group("input (one of)")
+    src.add_argument("--case", type=Path, help="one case folder (BraTS 2018-2023 file names)")
+    for channel in FILE_CHANNELS:
+        src.add_argument(f"--{channel}", type=Path, help=f"the {channel} image of one case")
+    src.add_argument("--manifest", type=Path, help="raw manifest (brats-seg ingest): predict every case")
+    p.add_argument("--shard", default="0/1", help="with --manifest: only shard I of N, e.g. 3/16")
+    p.add_argument("--out", required=True, type=Path,
+                   help="mask file (.nii.gz) or folder for one case; output folder for --manifest")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
+    p.add_argument("--tta-axes", default="0,1,2", help="axes mirrored with --tta (e.g. 0 or 0,1: fewer passes)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
+    p.add_argument("--window-grow", type=float, default=0.1,
+                   help="an axis at most this fraction longer than the patch gets one longer window (0: off)")
+    p.add_argument("--label-convention", choices=("brats2021", "brats2023", "msd"),
+                   help="labels written: brats2021 {0,1,2,4}, brats2023 {0,1,2,3} (default: the input's)")
+    p.add_argument("--probabilities", action="store_true", help="also write float32 probability maps")
+    p.add_argument("--qa", action="store_true", help="also write a QA picture (PNG) per case")
+    p.add_argument("--et-min-mm3", type=float, default=0.0, help="ET volume below this becomes NCR (0: off)")
+    p.add_argument("--min-component-mm3", type=float, default=0.0, help="drop tumour components below this (0: off)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs")
+    p.add_argument("--force", action="store_true", help="with --manifest: redo cases whose outputs are current")
+
+
+def _check_args(args: argparse.Namespace) -> str:
+    files = [c for c in FILE_CHANNELS if getattr(args, c) is not None]
+    chosen = [name for name, given in (("--case", args.case), ("--t1/--t1ce/--t2/--flair", files),
+                                       ("--manifest", args.manifest)) if given]
+    if len(chosen) != 1:
+        raise InputError("predict", f"give exactly one input: --case, the four --t1 --t1ce --t2 --flair, or "
+                                    f"--manifest (got {', '.join(chosen) or 'none'})")
+    if files and len(files) != len(FILE_CHANNELS):
+        missing = [f"--{c}" for c in FILE_CHANNELS if c not in files]
+        raise InputError("predict", f"missing {' '.join(missing)}; expected all four images of the case")
+    if not 0.0 <= args.overlap < 1.0:
+        raise InputError("--overlap", f"{args.overlap} is outside [0, 1); expected e.g. 0.5")
+    if args.window_grow < 0:
+        raise InputError("--window-grow", f"{args.window_grow} is negative; expected e.g. 0.1 or 0 (off)")
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        raise InputError("predict", "--batch-size and --threads must be at least 1")
+    return "manifest" if args.manifest else "case"
+
+
+def _axes(text: str) -> tuple[int, ...]:
+    try:
+        axes = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        axes = (9,)
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise InputError("--tta-axes", f"{text!r} is not valid; expected spatial axes among 0,1,2 (e.g. 0,1,2)")
+    return axes
+
+
+def load_segmenter(args: argparse.Namespace):
+    from brats_seg.infer.postprocess import PostprocessConfig
+    from brats_seg.infer.segmenter import Segmenter
+
+    try:
+        post = PostprocessConfig(et_min_mm3=args.et_min_mm3, min_component_mm3=args.min_component_mm3)
+    except ValueError as exc:
+        raise InputError("predict", str(exc))
+    return Segmenter.from_run(args.model, device=args.device, threads=args.threads, overlap=args.overlap,
+                              mirror_axes=_axes(args.tta_axes) if args.tta else (), batch_size=args.batch_size,
+                              postprocess=post, grow=args.window_grow)
+
+
+def run(args: argparse.Namespace) -> int:
+    kind = _check_args(args)
+    segmenter = load_segmenter(args)
+    if kind == "manifest":
+        from brats_seg.commands.preprocess import parse_shard
+        from brats_seg.infer.batch import BatchOptions, predict_manifest
+
+        opts = BatchOptions(args.label_convention, args.probabilities, args.qa, args.force)
+        summary = predict_manifest(segmenter, args.manifest, args.out, parse_shard(args.shard), opts)
+        return 1 if summary["failed"] else 0
+    return _predict_one(segmenter, args)
+
+
+def _predict_one(segmenter, args: argparse.Namespace) -> int:
+    from brats_seg.infer import export
+
+    source = args.case if args.case else {c: getattr(args, c) for c in FILE_CHANNELS}
+    result = segmenter.predict(source, probabilities=args.probabilities, keep_inputs=args.qa)
+    mask_path, stem = _output_paths(args.out, result.case_id)
+    export.write_mask(result.labels, result.geometry, mask_path, args.label_convention or result.label_convention)
+    if args.probabilities:
+        export.write_probabilities(result.probabilities, result.geometry, stem.with_name(stem.name + "_probabilities.nii.gz"))
+    if args.qa:
+        from brats_seg.infer.qa import qa_images, write_qa_png
+
+        write_qa_png(result.labels, qa_images(result.inputs), result.geometry, stem.with_name(stem.name + "_qa.png"),
+                     result.case_id)
+    print(f"predict: {result.case_id} -> {mask_path} ({result.timings['total_s']:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _output_paths(out: Path, case_id: str) -> tuple[Path, Path]:
+    """(mask path, stem for the side files): --out is a .nii/.nii.gz file or a folder."""
+    name = out.name.lower()
+    if name.endswith(".nii.gz") or name.endswith(".nii"):
+        stem = out.name[: -len(".nii.gz")] if name.endswith(".nii.gz") else out.name[: -len(".nii")]
+        return out, out.with_name(stem)
+    return out / f"{case_id}.nii.gz", out / case_id

@@ -1,0 +1,137 @@
+"""Batch inference over a raw manifest: sharded (--shard I/N), resumable, one predictions manifest.
+
+Output folder:
+  masks/<id>.nii.gz           uint8 mask on the input's grid, in the requested label convention
+  probabilities/<id>.nii.gz   optional float32 4D (X, Y, Z, K)
+  qa/<id>.png                 optional QA picture
+  cases/<id>.json             sidecar written after the mask: the entry and the key it was made for
+  predictions.json            stage "predictions" (shards: shards/predictions.shard-I-of-N.json,
+                              merged into predictions.json by whichever shard finishes last)
+
+A case is skipped when its sidecar names the same key (checkpoint sha256, inference settings,
+input sha256s, convention, outputs asked for) and the files it lists still hash to what it
+recorded, so a killed or repeated run redoes only what is missing or stale.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from brats_seg.errors import InputError
+from brats_seg.infer import export
+from brats_seg.infer.prepare import entry_convention
+from brats_seg.manifest import atomic_write_json, load_manifest, manifest_root, sha256_file, sha256_json
+
+SIDECARS, MASKS, PROBS, QA = "cases", "masks", "probabilities", "qa"
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    label_convention: str | None = None  # None: each case's own (its label map's, else its layout's)
+    probabilities: bool = False
+    qa: bool = False
+    force: bool = False
+
+
+def select_shard(cases: list[dict], shard: tuple[int, int]) -> list[dict]:
+    """Same split as preprocessing: sorted by id, every N-th from I."""
+    from brats_seg.preprocess.stage import select_shard as split
+
+    return split(cases, shard)
+
+
+def predict_manifest(segmenter, raw_path: Path, out_dir: Path, shard: tuple[int, int] = (0, 1),
+                     opts: BatchOptions = BatchOptions()) -> dict:
+    """Predict this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path."""
+    from brats_seg.infer.manifests import manifest_config, write_predictions_manifest
+    from brats_seg.preprocess.locks import exclusive_lock
+
+    raw_path, out_dir = Path(raw_path), Path(out_dir)
+    raw = load_manifest(raw_path, stage="raw")
+    if opts.label_convention:
+        export.check_convention(opts.label_convention)
+    config = manifest_config(segmenter, raw_path, opts)
+    with exclusive_lock(out_dir / ".locks" / f"predict-shard-{shard[0]}-of-{shard[1]}.lock"):
+        entries, failed, counts = [], [], {"done": 0, "skipped": 0, "failed": 0}
+        for case in select_shard(raw["cases"], shard):
+            entry, status = _one_case(segmenter, case, manifest_root(raw_path, raw, case["root"]), out_dir, opts)
+            counts["failed" if isinstance(status, InputError) else status] += 1
+            if isinstance(status, InputError):
+                failed.append({"id": case["id"], "reason": status.line()})
+            else:
+                entries.append(entry)
+        path = write_predictions_manifest(out_dir, entries, failed, raw_path, config, shard)
+    print(f"predict: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed -> {path}",
+          file=sys.stderr)
+    return {**counts, "manifest": str(path)}
+
+
+def _one_case(segmenter, case: dict, root: Path, out_dir: Path,
+              opts: BatchOptions) -> tuple[dict | None, str | InputError]:
+    """(entry, 'done' | 'skipped') or (None, the InputError that stopped this case)."""
+    key = case_key(segmenter, case, opts)
+    if not opts.force and (entry := stored_entry(out_dir, case["id"], key)) is not None:
+        return entry, "skipped"
+    try:
+        entry = _predict_case(segmenter, case, root, out_dir, opts)
+    except InputError as err:  # one bad case does not stop the batch; it is listed as rejected
+        print(err.line(), file=sys.stderr)
+        return None, err
+    atomic_write_json(out_dir / SIDECARS / f"{case['id']}.json", {"key": key, "entry": entry})
+    print(f"predict: {case['id']} {entry['timings']['total_s']:.1f} s", file=sys.stderr)
+    return entry, "done"
+
+
+def case_key(segmenter, case: dict, opts: BatchOptions) -> str:
+    """What decides a case's outputs; a sidecar with another key is stale."""
+    return sha256_json({
+        "model": segmenter.spec.identity.get("sha256"), "settings": segmenter.settings(),
+        "inputs": {c: case["images"][c]["sha256"] for c in segmenter.spec.channels if c in case["images"]},
+        "convention": opts.label_convention or entry_convention(case),
+        "probabilities": opts.probabilities, "qa": opts.qa,
+    })
+
+
+def stored_entry(out_dir: Path, case_id: str, key: str) -> dict | None:
+    """The sidecar's entry if it was made for `key` and every file it lists is intact, else None."""
+    try:
+        side = json.loads((Path(out_dir) / SIDECARS / f"{case_id}.json").read_text())
+        if side.get("key") != key:
+            return None
+        entry = side["entry"]
+        files = [(entry["mask"], entry["sha256"])]
+        if entry.get("probabilities"):
+            files.append((entry["probabilities"], entry["probabilities_sha256"]))
+        if entry.get("qa") and not (Path(out_dir) / entry["qa"]).is_file():
+            return None
+        if all(sha256_file(Path(out_dir) / rel) == digest for rel, digest in files):
+            return entry
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _predict_case(segmenter, case: dict, root: Path, out_dir: Path, opts: BatchOptions) -> dict:
+    result = segmenter.predict(case, probabilities=opts.probabilities, root=root, keep_inputs=opts.qa)
+    convention = opts.label_convention or result.label_convention
+    rel = f"{MASKS}/{case['id']}.nii.gz"
+    mask = export.write_mask(result.labels, result.geometry, out_dir / rel, convention)
+    entry = {"id": case["id"], "mask": rel, "sha256": sha256_file(mask), "label_convention": convention,
+             "shape": list(result.geometry.shape),
+             "voxels": {name: int((result.labels == v).sum()) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))},
+             "inputs_sha256": result.inputs.inputs_sha256 if result.inputs else
+             {c: case["images"][c]["sha256"] for c in segmenter.spec.channels}}
+    if opts.probabilities:
+        prel = f"{PROBS}/{case['id']}.nii.gz"
+        path = export.write_probabilities(result.probabilities, result.geometry, out_dir / prel)
+        entry.update(probabilities=prel, probabilities_sha256=sha256_file(path))
+    if opts.qa:
+        from brats_seg.infer.qa import qa_images, write_qa_png
+
+        qrel = f"{QA}/{case['id']}.png"
+        write_qa_png(result.labels, qa_images(result.inputs), result.geometry, out_dir / qrel, case["id"])
+        entry["qa"] = qrel
+    entry["timings"] = result.timings
+    return entry

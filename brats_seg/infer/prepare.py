@@ -1,0 +1,125 @@
+"""Inference inputs: find and read a case's images, then apply the run's preprocessing in memory.
+
+The chain is preprocessing's own (`preprocess.case.prepare_arrays`: crop to the brain, reorient,
+z-score, resample), so the network sees what it saw in training; nothing is written to disk. The
+returned entry carries the `source` record that `preprocess.inverse` uses to go back exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from brats_seg.errors import InputError
+from brats_seg.io.geometry import Geometry, same_grid
+from brats_seg.io.volume import read_volume
+
+DEFAULT_CONVENTION = "brats2021"
+BRATS2023_NAMES = {"t1n", "t1c", "t2w", "t2f"}
+
+
+@dataclass
+class CaseInput:
+    """A case's images in the model's channel order, on one grid, as read from disk (or given)."""
+
+    case_id: str
+    images: list[np.ndarray]
+    geometry: Geometry
+    channels: list[str]
+    label_convention: str = DEFAULT_CONVENTION  # the convention masks are written in by default
+    inputs_sha256: dict[str, str] = field(default_factory=dict)
+
+    def channel(self, name: str) -> np.ndarray | None:
+        return self.images[self.channels.index(name)] if name in self.channels else None
+
+
+def from_files(files: Mapping[str, str | Path], channels: list[str], case_id: str | None = None) -> CaseInput:
+    """Images given as {channel: path}; BraTS 2023 names (t1n, t1c, t2w, t2f) are accepted as aliases."""
+    from brats_seg.ingest.layouts import channel_of
+
+    by_channel = {(channel_of(str(k)) or str(k).lower()): Path(v) for k, v in files.items()}
+    missing = [c for c in channels if c not in by_channel]
+    if missing:
+        raise InputError(case_id or "input", f"missing images for channels {missing}; the model expects {channels}")
+    convention = "brats2023" if {str(k).lower() for k in files} & BRATS2023_NAMES else DEFAULT_CONVENTION
+    first = by_channel[channels[0]]
+    return _read_all([by_channel[c] for c in channels], channels, case_id or _case_id(first), convention)
+
+
+def from_case_dir(folder: str | Path, channels: list[str]) -> CaseInput:
+    """One case folder in a BraTS 2018-2023 layout (file names tell the channels)."""
+    from brats_seg.ingest.layouts import DEFAULT_CONVENTION as LAYOUT_CONVENTION, discover
+
+    folder = Path(folder)
+    specs = discover(folder, "auto", tuple(channels))
+    if len(specs) != 1:
+        raise InputError(folder, f"holds {len(specs)} cases; expected one case folder (use --manifest for many)")
+    spec = specs[0]
+    paths = []
+    for c in channels:
+        found = spec.images.get(c, [])
+        if len(found) != 1:
+            what = "no file" if not found else f"{len(found)} files ({', '.join(p.name for p, _ in found)})"
+            raise InputError(folder, f"{what} for channel {c}; expected exactly one <case>_{c} image")
+        paths.append(found[0][0])
+    return _read_all(paths, channels, spec.case_id, LAYOUT_CONVENTION.get(spec.layout, DEFAULT_CONVENTION))
+
+
+def from_entry(entry: dict, root: Path, channels: list[str]) -> CaseInput:
+    """A raw-manifest case (files verified against their recorded sha256); the label map is not read."""
+    from brats_seg.preprocess.case import load_case
+
+    missing = [c for c in channels if c not in entry["images"]]
+    if missing:
+        raise InputError(entry["id"], f"has no images for channels {missing}; the model expects {channels}")
+    # ingest validated these files (finite, one grid); load_case checks they are unchanged since
+    images, _, geometry = load_case({**entry, "channels": list(channels), "seg": None}, root)
+    return CaseInput(entry["id"], images, geometry, list(channels), entry_convention(entry),
+                     {c: entry["images"][c]["sha256"] for c in channels})
+
+
+def entry_convention(entry: dict) -> str:
+    """A raw case's label convention: its label map's, else its layout's default."""
+    from brats_seg.ingest.layouts import DEFAULT_CONVENTION as LAYOUT_CONVENTION
+
+    return entry.get("label_convention") or LAYOUT_CONVENTION.get(entry.get("layout", ""), DEFAULT_CONVENTION)
+
+
+def _read_all(paths: list[Path], channels: list[str], case_id: str, convention: str) -> CaseInput:
+    images, reference = [], None
+    for path in paths:
+        data, geom = read_volume(path)
+        _check_finite(path, data)
+        if reference is None:
+            reference = geom
+        elif (problem := same_grid(reference, geom)) is not None:
+            raise InputError(path, f"{problem} of {paths[0].name}; expected all images of a case on one grid")
+        images.append(data)
+    return CaseInput(case_id, images, reference, list(channels), convention)
+
+
+def _check_finite(path, data: np.ndarray) -> None:
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise InputError(path, "contains NaN or Inf values; expected finite intensities")
+
+
+def _case_id(path: Path) -> str:
+    """'BraTS-001_t1.nii.gz' -> 'BraTS-001' (drops the extension and the channel token)."""
+    import re
+
+    stem = re.sub(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$", "", path.name, flags=re.I)
+    return re.sub(r"[_\-.](t1|t1ce|t1c|t1n|t1gd|t2|t2w|t2f|flair)$", "", stem, flags=re.I) or stem
+
+
+def prepare(case: CaseInput, spacing: str | tuple[float, float, float]) -> tuple[np.ndarray, dict]:
+    """(image (C, X, Y, Z) float32 in preprocessed space, entry with the `source` record for inverse.py)."""
+    from brats_seg.preprocess.case import PreprocessConfig, prepare_arrays
+
+    cfg = PreprocessConfig(spacing=spacing, dtype="float32")
+    prepared = prepare_arrays(case.images, None, case.geometry, case.channels, cfg)
+    image = np.moveaxis(prepared.image, -1, 0)
+    entry = {"id": case.case_id, "channels": list(case.channels), "shape": list(image.shape[1:]),
+             "affine": prepared.affine.tolist(), "norm": prepared.norm, "source": prepared.source}
+    return image, entry

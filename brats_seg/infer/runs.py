@@ -1,0 +1,61 @@
+"""The hook between training and inference: a run dir or checkpoint -> (model, ModelSpec).
+
+The weights and the model metadata come from `train.checkpoint.load_inference_model` (best.pt,
+else latest.pt; torch.load(weights_only=True)). The preprocessing spacing comes from the
+checkpoint meta's "preprocess" section when present, else from the preprocessed manifest that
+run.json names, else (with a warning) the training data's voxel size `meta["spacing"]`, which
+is what a "native" run on 1 mm BraTS data amounts to. The model's identity is the checkpoint
+file's sha256.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brats_seg.errors import InputError
+from brats_seg.manifest import sha256_file
+
+
+def checkpoint_file(path: Path) -> Path:
+    """The file a run dir stands for (checkpoints/best.pt, else checkpoints/latest.pt)."""
+    from brats_seg.train.checkpoint import BEST, LATEST, checkpoint_dir
+
+    path = Path(path)
+    if path.is_dir():
+        folder = checkpoint_dir(path)
+        path = folder / BEST if (folder / BEST).exists() else folder / LATEST
+    if not path.is_file():
+        raise InputError(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt")
+    return path
+
+
+def run_spacing(ckpt: Path, meta: dict) -> Any:
+    """'native' or (x, y, z) mm: how the run's training data were preprocessed."""
+    pre = meta.get("preprocess")
+    if isinstance(pre, dict) and "spacing" in pre:
+        return pre["spacing"]
+    run_json = Path(ckpt).resolve().parent.parent / "run.json"
+    try:
+        manifest = Path(json.loads(run_json.read_text())["data"]["manifest"])
+        return json.loads(manifest.read_text())["config"]["preprocess"]["spacing"]
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    if meta.get("spacing"):
+        print(f"warning: {ckpt}: the run's preprocessing config is not recorded or its manifest is gone; "
+              f"resampling inputs to the training data's voxel size {meta['spacing']} mm", file=sys.stderr)
+        return [float(v) for v in meta["spacing"]]
+    return "native"
+
+
+def load_run_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, "ModelSpec"]:  # noqa: F821
+    from brats_seg.infer.segmenter import ModelSpec
+    from brats_seg.train.checkpoint import load_inference_model
+
+    ckpt = checkpoint_file(path)
+    model, meta = load_inference_model(ckpt, device)
+    identity = {"checkpoint": str(ckpt.resolve()), "sha256": sha256_file(ckpt), "model": meta.get("model")}
+    return model, ModelSpec.from_meta(meta, run_spacing(ckpt, meta), identity)

@@ -1,0 +1,226 @@
+"""The Python API: load a model once, segment many cases in memory.
+
+    seg = Segmenter.from_run("runs/demo", threads=2)
+    img = seg.segment("data/BraTS-001")              # nibabel image on the input's grid
+    res = seg.predict({"t1": ..., "t1ce": ..., "t2": ..., "flair": ...}, probabilities=True)
+
+Per case: read -> the run's preprocessing in memory -> sliding window (Gaussian, brain-only
+windows, optional mirroring) -> back to the cropped grid (probabilities resampled, then
+thresholded) -> labels on the original grid -> post-processing. Labels are canonical inside
+(0 bg, 1 NCR, 2 ED, 3 ET) and written in the requested convention only at export.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from brats_seg.errors import InputError
+from brats_seg.infer import export
+from brats_seg.infer.postprocess import PostprocessConfig, postprocess
+from brats_seg.infer.prepare import CaseInput, from_case_dir, from_entry, from_files, prepare
+from brats_seg.infer.sliding_window import WindowConfig, sliding_window
+from brats_seg.io.geometry import Geometry
+
+MODES = ("regions", "labels")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What inference needs to know about a trained model besides its weights."""
+
+    mode: str  # "regions": sigmoid WT, TC, ET; "labels": softmax over 0..3
+    channels: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    spacing: str | tuple[float, float, float] = "native"  # the run's preprocessing spacing
+    name: str = ""
+    kwargs: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)  # checkpoint path and sha256
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @classmethod
+    def from_meta(cls, meta: dict, spacing: Any = "native", identity: dict | None = None) -> "ModelSpec":
+        """From a checkpoint's meta (see train.checkpoint.load_inference_model)."""
+        spacing = spacing if isinstance(spacing, str) else tuple(float(v) for v in spacing)
+        return cls(meta["loss_mode"], tuple(meta["channels"]), tuple(int(v) for v in meta["patch_size"]),
+                   spacing, meta.get("model", ""), dict(meta.get("model_kwargs", {})), dict(identity or {}))
+
+
+@dataclass
+class Segmentation:
+    """One case's result on the original grid; labels canonical until exported."""
+
+    case_id: str
+    labels: np.ndarray  # uint8 (X, Y, Z), canonical
+    geometry: Geometry
+    label_convention: str  # the input's own convention: the default for writing
+    probabilities: np.ndarray | None  # (K, X, Y, Z) float32, or None
+    timings: dict[str, float]
+    inputs: CaseInput | None = None  # the images as read (for QA pictures)
+
+    def mask_image(self, convention: str | None = None) -> nib.Nifti1Image:
+        return export.mask_image(self.labels, self.geometry, convention or self.label_convention)
+
+    def probability_image(self) -> nib.Nifti1Image:
+        if self.probabilities is None:
+            raise ValueError("probabilities were not kept; call predict(..., probabilities=True)")
+        return export.probability_image(self.probabilities, self.geometry)
+
+
+class Segmenter:
+    """A loaded model plus the inference settings; `predict`/`segment` run one case each.
+
+    overlap: window overlap; tta / mirror_axes: mirroring TTA over all three axes or the given ones;
+    grow: an axis at most this fraction longer than the patch is covered by one longer window (a
+    129-voxel axis then costs one 136-voxel window instead of two 128-voxel ones; 0 turns it off);
+    channels_last: channels_last_3d memory format (measured slower on this CPU, so off by default).
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
+                 overlap: float = 0.5, tta: bool = False, mirror_axes: tuple[int, ...] | None = None,
+                 batch_size: int = 1, postprocess: PostprocessConfig | None = None, amp: bool = False,
+                 channels_last: bool = False, grow: float = 0.1) -> None:
+        self.device = _check_device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = spec
+        axes = tuple(mirror_axes) if mirror_axes is not None else ((0, 1, 2) if tta else ())
+        self.window = WindowConfig(spec.patch_size, overlap, batch_size, axes, grow=grow,
+                                   multiple=size_multiple(model, spec.patch_size))
+        self.postprocess = postprocess or PostprocessConfig()
+        self.amp, self.channels_last = amp and self.device.type == "cuda", channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: str = "cpu", threads: int | None = None, **options) -> "Segmenter":
+        """Load RUN_DIR (its best.pt, else latest.pt) or a checkpoint file; options go to __init__."""
+        from brats_seg.infer.runs import load_run_model
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        model, spec = load_run_model(Path(path), _check_device(device))
+        return cls(model, spec, device, **options)
+
+    def settings(self) -> dict:
+        """The settings that decide the output (recorded in manifests, part of the skip check)."""
+        return {"overlap": self.window.overlap, "mirror_axes": list(self.window.mirror_axes), "grow": self.window.grow,
+                "patch_size": list(self.window.patch_size), "spacing": self.spec.spacing,
+                "postprocess": self.postprocess.to_dict(), "mode": self.spec.mode}
+
+    def segment(self, source: Any, label_convention: str | None = None, root: Path | None = None) -> nib.Nifti1Image:
+        """The mask as a nibabel image on the input's grid, in `label_convention` (default: the input's)."""
+        return self.predict(source, root=root).mask_image(label_convention)
+
+    def predict(self, source: Any, probabilities: bool = False, root: Path | None = None,
+                keep_inputs: bool = False) -> Segmentation:
+        """`source`: {channel: path}, a case folder, a raw-manifest entry (with `root`), or a CaseInput."""
+        clock = _Clock()
+        case = self._resolve(source, root)
+        clock.lap("read_s")
+        image, entry = prepare(case, self.spec.spacing)
+        volume = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        clock.lap("preprocess_s")
+        probs = sliding_window(volume, self._forward, self.window, fill=self._fill(), activation=self._activate)
+        del volume
+        clock.lap("network_s")
+        labels, probs_orig = self._restore(probs, entry, probabilities)
+        labels = postprocess(labels, float(np.prod(case.geometry.spacing)), self.postprocess)
+        clock.lap("restore_s")
+        return Segmentation(case.case_id, labels, case.geometry, case.label_convention, probs_orig,
+                            clock.timings(), case if keep_inputs else None)
+
+    def _resolve(self, source: Any, root: Path | None) -> CaseInput:
+        channels = list(self.spec.channels)
+        if isinstance(source, CaseInput):
+            return source
+        if isinstance(source, (str, Path)):
+            if not Path(source).is_dir():
+                raise InputError(source, "is not a folder; expected a case folder or one file per channel")
+            return from_case_dir(source, channels)
+        if isinstance(source, Mapping) and "images" in source and "id" in source:
+            if root is None:
+                raise ValueError("a raw-manifest entry needs root= (the manifest's dataset root)")
+            return from_entry(dict(source), Path(root), channels)
+        if isinstance(source, Mapping):
+            return from_files(source, channels)
+        raise TypeError(f"cannot segment a {type(source).__name__}; expected a dict, a folder or a CaseInput")
+
+    def _fill(self) -> float | list[float]:
+        return 0.0 if self.spec.mode == "regions" else [1.0, 0.0, 0.0, 0.0]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a batch of windows: logits (B, K, *patch), float32."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with amp:
+            out = self.model(x)
+        return (out[0] if isinstance(out, (list, tuple)) else out).float()
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Blended (K, X, Y, Z) logits -> probabilities, in place where possible."""
+        return logits.sigmoid_() if self.spec.mode == "regions" else torch.softmax(logits, dim=0)
+
+    def _restore(self, probs: torch.Tensor, entry: dict, keep: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Preprocessed-space probabilities -> (canonical labels, probabilities or None) on the original grid."""
+        from brats_seg.preprocess import inverse, spatial
+
+        cropped_shape = tuple(entry["source"]["cropped_shape"])
+        if tuple(probs.shape[1:]) == cropped_shape:  # native spacing: threshold on the device
+            labels = self._to_labels(probs)
+        else:  # resample probabilities (not labels) back, as nnU-Net does, then threshold
+            labels = self._to_labels(torch.from_numpy(spatial.resample_image(probs.cpu().numpy(), cropped_shape)))
+        labels = inverse.labels_to_original(labels, entry)
+        kept = inverse.probabilities_to_original(probs.cpu().numpy(), entry, self._fill()) if keep else None
+        return labels, kept
+
+    def _to_labels(self, probs: torch.Tensor) -> np.ndarray:
+        if self.spec.mode == "regions":
+            from brats_seg.losses import regions_to_labels
+
+            labels = regions_to_labels(probs[None], threshold=0.5)[0]
+        else:
+            labels = probs.argmax(dim=0)
+        return labels.to(torch.uint8).cpu().numpy()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 4)
+        self.last = now
+
+    def timings(self) -> dict[str, float]:
+        return {**self.laps, "total_s": round(time.perf_counter() - self.start, 4)}
+
+
+def size_multiple(model: torch.nn.Module, patch_size: tuple[int, ...]) -> int:
+    """What window sizes must be divisible by: 2**(levels-1) for our U-Net, else the largest power
+    of two (up to 32) dividing every patch size (a patch the network trained on is always valid)."""
+    depth = getattr(model, "depth", None)
+    if isinstance(depth, int) and depth >= 1:
+        return 2 ** (depth - 1)
+    multiple = 1
+    while multiple < 32 and all(p % (multiple * 2) == 0 for p in patch_size):
+        multiple *= 2
+    return multiple
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "cuda was requested but no CUDA device is available; use --device cpu")
+    return device
