@@ -18,6 +18,7 @@ from brats_seg.errors import EXIT_INPUT_ERROR, InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write synthetic BraTS-like phantoms (demo and tests)"),
     "ingest": ("ingest", "discover and validate cases, write the raw manifest"),
+    "split": ("split", "split a raw manifest into train and held-out manifests by case"),
     "preprocess": ("preprocess", "reorient, crop, resample, normalise; resumable and shardable"),
     "merge": ("merge", "combine shard manifests into one"),
     "train": ("train", "train a 3D or 2D model from a YAML config"),

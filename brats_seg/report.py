@@ -49,7 +49,7 @@ def write_report(eval_dir: Path, out_dir: Path, pred_dir: Path | None = None, ru
     lines += [f"![Dice and HD95 per region]({box})", ""] if box else []
     lines += _run_section(Path(run) if run else None, out_dir)
     if pred_dir is not None:
-        pictures = sorted(Path(pred_dir).rglob("*qa*.png"))[:MAX_QA_PICTURES]
+        pictures = sorted((Path(pred_dir) / "qa").glob("*.png"))[:MAX_QA_PICTURES]
         if pictures:
             lines += ["## Quality-assurance pictures", "", "Mask over FLAIR and T1ce on the three planes through the tumour.", ""]
             for pic in pictures:

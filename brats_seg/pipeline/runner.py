@@ -74,6 +74,7 @@ def _run_stage(index: int, stage: dict, spec_dir: Path, workdir: Path, force: bo
     if not force and _current(stamp_path, want, ctx.outputs):
         print(f"[{index}] {kind}: up to date, skipped", file=sys.stderr)
         return {"stage": kind, "ran": False, "seconds": 0.0}
+    _prepare_output(impl, ctx, stamp_path, want)
     print(f"[{index}] {kind}: running", file=sys.stderr, flush=True)
     start = time.perf_counter()
     impl.run(ctx)
@@ -81,6 +82,30 @@ def _run_stage(index: int, stage: dict, spec_dir: Path, workdir: Path, force: bo
     atomic_write_json(stamp_path, {**want, "outputs": fingerprints(ctx.outputs), "seconds": seconds})
     print(f"[{index}] {kind}: done in {seconds:.1f} s", file=sys.stderr, flush=True)
     return {"stage": kind, "ran": True, "seconds": seconds}
+
+
+def _prepare_output(impl, ctx, stamp_path: Path, want: dict) -> None:
+    """For stages that refuse an existing output (training): resume the same interrupted work,
+    or move a stale output aside (never delete it) when the parameters or inputs changed."""
+    import json
+    import os
+
+    if not impl.resumable:
+        return
+    started_path = stamp_path.with_suffix(".started.json")
+    folder = ctx.outputs[0].parent if impl.output_file else ctx.outputs[0]
+    try:
+        started = json.loads(started_path.read_text())
+    except (OSError, ValueError):
+        started = None
+    if folder.exists() and any(folder.iterdir()):
+        if started == want:
+            ctx.argv.append("--resume")
+        else:
+            aside = folder.with_name(f"{folder.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(folder, aside)
+            print(f"moved the outdated {folder.name} aside to {aside.name}", file=sys.stderr)
+    atomic_write_json(started_path, want)
 
 
 def _current(stamp_path: Path, want: dict, outputs: list[Path]) -> bool:

@@ -27,6 +27,7 @@ class Stage:
     output: str = "out"                     # the param naming the output
     output_file: str | None = None          # the file inside the output folder that proves it ran
     config_params: tuple[str, ...] = ()     # paths relative to the pipeline file, not the workdir
+    resumable: bool = False                 # an interrupted run is continued with --resume
 
     def context(self, params: dict, spec_dir: Path, workdir: Path) -> StageContext:
         params = dict(params)
@@ -79,8 +80,9 @@ def _flag(key: str, value) -> list[str]:
 STAGES: dict[str, Stage] = {
     "synth": Stage("synth"),
     "ingest": Stage("ingest", positional=("sources",), input_params=("sources",)),
+    "split": Stage("split", positional=("raw",), input_params=("raw",), output_file="raw_test.json"),
     "preprocess": Stage("preprocess", positional=("raw",), input_params=("raw",), output_file="preprocessed.json"),
-    "train": Stage("train", input_params=("data",), config_params=("config",), output_file="run.json"),
+    "train": Stage("train", input_params=("data",), config_params=("config",), output_file="run.json", resumable=True),
     "predict": Stage("predict", input_params=("manifest", "model"), output_file="predictions.json"),
     "evaluate": Stage("evaluate", input_params=("pred", "truth"), output_file="summary.json"),
     "report": Stage("report", input_params=("eval", "pred", "run"), output_file="report.md"),
