@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run_pipeline", "run the stages a pipeline YAML declares, skipping current ones"),
     "report": ("report", "Markdown report of a study: metrics table and pictures"),
     "bench": ("bench", "benchmarks side by side against a reference"),
+    "predict2d": ("predict2d", "2D segmentation of images to palette PNGs and overlays"),
+    "evaluate2d": ("evaluate2d", "mIoU, per-class IoU and pixel accuracy of a 2D model"),
     "distill": ("distill", "knowledge distillation of a 2D student from a teacher"),
     "quantize": ("quantize", "int8 post-training quantization of a 2D model"),
     "doctor": ("doctor", "report versions, threads, devices; check an install or run folder"),

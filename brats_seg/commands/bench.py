@@ -1,10 +1,15 @@
-"""`brats-seg bench {preprocess,train,infer,2d}`: speed measured side by side against a reference."""
+"""`brats-seg bench {preprocess,train,infer,2d}`: speed measured side by side against a reference.
+
+Each prints a Markdown table and writes JSON + Markdown under --out (default runs/bench/).
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-SHARED_BRATS = Path("../shared/datasets/brats2018_deepbrainseg")
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+SHARED_BRATS = SHARED / "brats2018_deepbrainseg"
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -13,21 +18,78 @@ def configure(p: argparse.ArgumentParser) -> None:
     pre.add_argument("--data", type=Path, default=SHARED_BRATS, help="BraTS case folders")
     pre.add_argument("--workers", type=int, default=2)
     pre.add_argument("--out", type=Path, default=Path("runs/bench/preprocess.json"))
+    tr = sub.add_parser("train", help="train step vs pure forward+backward, and vs a MONAI loop")
+    tr.add_argument("--data", type=Path, default=SHARED_BRATS, help="BraTS case folders (preprocessed at --spacing)")
+    tr.add_argument("--config", type=Path, default=PIPELINES / "train_cpu.yaml")
+    tr.add_argument("--spacing", default="2.0")
+    tr.add_argument("--steps", type=int, default=10)
+    tr.add_argument("--out", type=Path, default=Path("runs/bench/train.json"))
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    inf = sub.add_parser("infer", help="predict vs MONAI sliding_window_inference, same model")
+    inf.add_argument("--model", type=Path, required=True, help="training run folder or checkpoint")
+    inf.add_argument("--case", type=Path, default=SHARED_BRATS / "Brats18_CBICA_AQN_1", help="a BraTS case folder")
+    inf.add_argument("--threads", type=int, default=2)
+    inf.add_argument("--out", type=Path, default=Path("runs/bench/infer.json"))
+    two = sub.add_parser("2d", help="2D fp32 vs int8: latency and mIoU")
+    two.add_argument("--model", type=Path, default=None, help="2D run or checkpoint (default: train one for 300 s)")
+    two.add_argument("--data", type=Path, default=SHARED / "camvid_segnet_samples")
+    two.add_argument("--threads", type=int, default=2)
+    two.add_argument("--out", type=Path, default=Path("runs/bench/2d"))
 
 
 def run(args: argparse.Namespace) -> int:
-    import tempfile
+    return {"preprocess": _preprocess, "train": _train, "infer": _infer, "2d": _two_d}[args.bench](args)
 
+
+def _raw_manifest(data: Path, folder: Path, workers: int = 2) -> Path:
     from brats_seg.errors import InputError
     from brats_seg.ingest import ingest
 
-    if not Path(args.data).is_dir():
-        raise InputError(args.data, "benchmark data folder not found; expected BraTS case folders (see --data)")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw.json"
-        ingest([args.data], raw, workers=args.workers)
-        if args.bench == "preprocess":
-            from brats_seg.bench.preprocess import bench_preprocess
+    if not Path(data).is_dir():
+        raise InputError(data, "benchmark data folder not found; expected BraTS case folders (see --data)")
+    raw = folder / "raw.json"
+    ingest([data], raw, workers=workers)
+    return raw
 
-            bench_preprocess(raw, args.workers, args.out)
+
+def _preprocess(args) -> int:
+    import tempfile
+
+    from brats_seg.bench.preprocess import bench_preprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_preprocess(_raw_manifest(args.data, Path(tmp), args.workers), args.workers, args.out)
+    return 0
+
+
+def _train(args) -> int:
+    import tempfile
+
+    from brats_seg.bench.common import save_report
+    from brats_seg.commands.preprocess import parse_spacing
+    from brats_seg.preprocess.case import PreprocessConfig
+    from brats_seg.preprocess.stage import run_preprocess
+    from brats_seg.bench.train import format_table
+    from brats_seg.train.bench import bench_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = _raw_manifest(args.data, Path(tmp))
+        run_preprocess(raw, Path(tmp) / "pp", PreprocessConfig(spacing=parse_spacing(args.spacing)), workers=2)
+        result = bench_train(Path(tmp) / "pp" / "preprocessed.json", args.config, args.overrides, steps=args.steps)
+    save_report(args.out, result, format_table(result))
+    return 0
+
+
+def _infer(args) -> int:
+    from brats_seg.bench.infer import bench_infer
+
+    bench_infer(args.model, args.case, args.threads, args.out)
+    return 0
+
+
+def _two_d(args) -> int:
+    from brats_seg.twod.bench2d import bench_2d
+
+    _, table = bench_2d(args.out, model=args.model, data=args.data, threads=args.threads)
+    print(table)
     return 0

@@ -1,0 +1,48 @@
+"""`brats-seg quantize`: int8 post-training static quantization of a 2D model, with a report.
+
+    brats-seg quantize --model RUN_OR_CKPT --data ROOT --out int8.pt [--calibration N]
+
+Calibrates on N images of the run's training split, writes OUT (a weights_only recipe: fp32
+weights + observer statistics, rebuilt bitwise by brats_seg.twod.int8.load_int8; see there why
+the converted graph itself is not stored) and OUT.json (the report), and prints fp32 vs int8
+latency and mIoU on the validation split side by side. --torchscript also writes a traced int8
+TorchScript file (torch.jit.load; deprecated in torch 2.13, hence optional).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="2D training run folder or checkpoint (.pt)")
+    p.add_argument("--data", required=True, type=Path, help="dataset root folder (calibration and scoring)")
+    p.add_argument("--out", required=True, type=Path, help="int8 file to write (e.g. int8.pt); report: OUT.json")
+    p.add_argument("--calibration", type=int, default=16, help="calibration images (default 16)")
+    p.add_argument("--calibration-split", default=None, help="split to calibrate on (default: the run's train split)")
+    p.add_argument("--eval-split", default=None, help="split to score on (default: the run's val split)")
+    p.add_argument("--max-eval-images", type=int, default=0, help="score at most this many images (0: all)")
+    p.add_argument("--config", type=Path, default=None, help="2D YAML describing --data (default: the run's own)")
+    p.add_argument("--backend", default="x86", help="quantized engine: x86 (default), fbgemm, onednn, qnnpack")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the latency comparison (default 2)")
+    p.add_argument("--repeats", type=int, default=12, help="timed forward passes per model (default 12)")
+    p.add_argument("--torchscript", type=Path, default=None, help="also write a TorchScript trace of the int8 model")
+
+
+def run(args: argparse.Namespace) -> int:
+    from brats_seg.errors import InputError
+    from brats_seg.manifest import atomic_write_json
+    from brats_seg.twod.int8 import markdown_table, quantize_checkpoint
+
+    if args.threads < 1 or args.repeats < 1 or args.max_eval_images < 0:
+        raise InputError("quantize", "--threads and --repeats must be >= 1, --max-eval-images >= 0")
+    report = quantize_checkpoint(args.model, args.data, args.out, args.calibration, args.calibration_split,
+                                 args.eval_split, args.config, args.backend, args.threads, args.repeats,
+                                 args.max_eval_images, args.torchscript)
+    report_path = args.out.with_name(args.out.name + ".json")
+    atomic_write_json(report_path, report)
+    print(markdown_table(report))
+    print(f"wrote {args.out} (weights_only int8 recipe; load with brats_seg.twod.int8.load_int8) and {report_path}")
+    if args.torchscript:
+        print(f"wrote {args.torchscript} (TorchScript; load with torch.jit.load)")
+    return 0

@@ -1,0 +1,128 @@
+"""The 2D epoch loop: the 3D trainer's step, bookkeeping, stop votes, checkpointing and finish
+(brats_seg.train.loop), with mIoU validation in place of sliding-window Dice.
+
+Only the three functions that name the validation are written out again here (run_epochs,
+run_epoch, end_epoch): in train.loop they call the 3D validation directly. Everything else, the
+per-step record, the SIGTERM/time-budget vote, the collective checkpoint save and the final
+status, is the 3D code itself, so both tasks checkpoint, resume and stop identically.
+"""
+from __future__ import annotations
+
+from brats_seg.train import checkpoint as ckpt
+from brats_seg.train.logging import PNG, MetricsLogger
+from brats_seg.train.loop import _after_step, _mean_over_ranks, _progress_bar, _stop_reason, save
+from brats_seg.train.setup3d import Session
+from brats_seg.train.state import TrainState
+from brats_seg.train.step import optimizer_step, train_step
+from brats_seg.twod.evaluate import evaluate_dataset
+
+
+class MetricsLogger2D(MetricsLogger):
+    """The 3D logger (JSONL, CSV, TensorBoard) with a 2D curve plot: loss and validation mIoU."""
+
+    def plot(self) -> None:
+        if not self.epochs:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from brats_seg.manifest import atomic_path
+
+        fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
+        ax_loss.plot([r["epoch"] for r in self.epochs], [r.get("train_loss") for r in self.epochs])
+        ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
+        val = [r for r in self.epochs if "val_miou" in r]
+        for key, label in (("val_miou", "mIoU"), ("val_pixel_accuracy", "pixel accuracy")):
+            ax_iou.plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=label)
+        ax_iou.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+        ax_iou.legend(loc="lower right")
+        fig.tight_layout()
+        with atomic_path(self.run_dir / PNG) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+
+
+def run_epochs(state: TrainState, session: Session) -> str:
+    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM)."""
+    p = state.progress
+    while p.step < session.total and p.epoch < session.cfg.train.epochs:
+        status = run_epoch(state, session)
+        if status != "continue":
+            return status
+    return "finished"
+
+
+def run_epoch(state: TrainState, session: Session) -> str:
+    cfg, p = session.cfg, state.progress
+    accum = cfg.optim.grad_accum
+    session.sampler.set_position(p.epoch, p.epoch_step * accum * cfg.data.batch_size)
+    batches = iter(session.loader)
+    with _progress_bar(state, session) as bar:
+        while p.epoch_step < cfg.train.steps_per_epoch and p.step < session.total:
+            loss = train_step(state, [next(batches) for _ in range(accum)])
+            finite = optimizer_step(state, cfg.optim.grad_clip)
+            _after_step(state, session, loss, finite)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.schedule.lr:.2e}")
+            reason = _stop_reason(state, session)
+            if reason == "preempted":
+                save(state, session)
+                return reason
+            if reason == "budget":
+                end_epoch(state, session, partial=True)
+                return reason
+            every = cfg.train.checkpoint_every_steps
+            if every and p.step % every == 0 and p.epoch_step < cfg.train.steps_per_epoch:
+                save(state, session)
+    end_epoch(state, session)
+    return "continue"
+
+
+def end_epoch(state: TrainState, session: Session, partial: bool = False) -> None:
+    """Epoch record (+ validation when due or final), counters forward, checkpoint (as in 3D)."""
+    cfg, p = session.cfg, state.progress
+    final = partial or p.step >= session.total or p.epoch + 1 >= cfg.train.epochs
+    record = {"kind": "epoch", "epoch": p.epoch + 1, "step": p.step, "partial": partial,
+              "train_loss": _mean_over_ranks(p.epoch_loss_sum, p.epoch_loss_count, state.info),
+              "lr": state.schedule.lr, "skipped_steps": p.skipped_steps}
+    every = cfg.validation.every_epochs
+    if session.data.val is not None and every and ((p.epoch + 1) % every == 0 or final):
+        record.update(run_validation(state, session))
+    record["time_s"] = round(session.elapsed(), 2)
+    if not partial:
+        p.epoch, p.epoch_step, p.epoch_loss_sum, p.epoch_loss_count = p.epoch + 1, 0, 0.0, 0
+    session.logger.log(record)
+    if state.info.is_main:
+        print(_epoch_line(record, cfg.train.epochs, p.best_metric), flush=True)
+    save(state, session)
+
+
+def run_validation(state: TrainState, session: Session) -> dict:
+    """mIoU on the validation split; feeds the plateau schedule; keeps best.pt when mIoU improves."""
+    cfg, p, meta = session.cfg, state.progress, state.meta
+    result, _ = evaluate_dataset(state.model, session.data.val, meta["num_classes"], meta["ignore_index"],
+                                 eval_scale=cfg.data.eval_scale, max_images=cfg.validation.max_images,
+                                 autocast=state.autocast, info=state.info)
+    metrics = {"val_miou": result["miou"], "val_pixel_accuracy": result["pixel_accuracy"],
+               "val_mean_class_accuracy": result["mean_class_accuracy"]}
+    state.schedule.observe(metrics["val_miou"])
+    p.last_val_step = p.step
+    if metrics["val_miou"] > p.best_metric:
+        p.best_metric, p.best_epoch, p.best_step = metrics["val_miou"], p.epoch + 1, p.step
+        best = {"epoch": p.epoch + 1, "step": p.step, **metrics,
+                "val_iou_per_class": dict(zip(meta["class_names"], result["iou_per_class"]))}
+        if state.info.is_main:
+            path = ckpt.save_best(state.run_dir, state.model.state_dict(), meta, best)
+            session.run_info["best"] = best
+            session.run_info["checkpoints"]["best"] = str(path.relative_to(state.run_dir))
+    return metrics
+
+
+def _epoch_line(rec: dict, epochs: int, best: float) -> str:
+    line = f"epoch {rec['epoch']}/{epochs} step {rec['step']} loss {rec['train_loss']:.4f} lr {rec['lr']:.2e}"
+    if "val_miou" in rec:
+        line += (f" | val mIoU {rec['val_miou']:.3f} pixel acc {rec['val_pixel_accuracy']:.3f}"
+                 f" (best {best:.3f})")
+    return line + f" | {rec['time_s']:.1f} s"
