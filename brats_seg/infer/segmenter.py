@@ -83,11 +83,14 @@ class Segmenter:
     grow: an axis at most this fraction longer than the patch is covered by one longer window (a
     129-voxel axis then costs one 136-voxel window instead of two 128-voxel ones; 0 turns it off);
     channels_last: channels_last_3d memory format (measured slower on this CPU, so off by default).
+    batch_size: windows per forward; 2 by default because PyTorch's CPU conv3d falls back to its
+    slow im2col path for a single small window (measured 0.14 s for one 32^3 window against
+    0.06 s for two, one thread).
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
                  overlap: float = 0.5, tta: bool = False, mirror_axes: tuple[int, ...] | None = None,
-                 batch_size: int = 1, postprocess: PostprocessConfig | None = None, amp: bool = False,
+                 batch_size: int = 2, postprocess: PostprocessConfig | None = None, amp: bool = False,
                  channels_last: bool = False, grow: float = 0.1) -> None:
         self.device = _check_device(device)
         self.model = model.to(self.device).eval()
