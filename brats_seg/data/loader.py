@@ -111,5 +111,5 @@ def make_loader(dataset: PatchDataset, sampler: StreamSampler, batch_size: int, 
         pin_memory=pin_memory, drop_last=False, persistent_workers=num_workers > 0,
         worker_init_fn=functools.partial(_worker_init, seed, rank) if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed * 1000 + rank),
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=2 if num_workers > 0 else None,
     )

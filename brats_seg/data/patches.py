@@ -11,6 +11,7 @@ consecutive samples holds the fraction f of forced patches (±1), with no batch 
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -114,15 +115,14 @@ def warped_patch(case: CaseArrays, centre: np.ndarray, matrix: np.ndarray,
                  patch: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Patch sampled along `centre + matrix @ (p - P//2)`: trilinear image, nearest label.
 
-    Only the bounding box of the sampled coordinates is read from disk.
+    Only the bounding box of the sampled coordinates (found from the patch's 8 corners, since the
+    map is affine) is read from disk; the sampling grid is one matmul straight into grid_sample's
+    normalised coordinates.
     """
     import torch
 
-    coords = _patch_coords(centre, matrix, patch)  # (P, P, P, 3) volume coordinates
-    lo = np.floor(coords.reshape(-1, 3).min(0)).astype(np.int64)
-    hi = np.floor(coords.reshape(-1, 3).max(0)).astype(np.int64) + 2
-    size = tuple(int(s) for s in np.maximum(hi - lo, 2))
-    grid = _normalised_grid(coords - lo, size)
+    lo, size = _bounding_box(centre, matrix, patch)
+    grid = _sampling_grid(centre, matrix, patch, lo, size)
     region = torch.from_numpy(read_region(case.image, lo, size).astype(np.float32))
     image = _sample(region, grid, "bilinear")
     label = None
@@ -132,19 +132,43 @@ def warped_patch(case: CaseArrays, centre: np.ndarray, matrix: np.ndarray,
     return image, label
 
 
-def _patch_coords(centre: np.ndarray, matrix: np.ndarray, patch: tuple[int, int, int]) -> np.ndarray:
-    axes = [np.arange(p, dtype=np.float32) - p // 2 for p in patch]
-    offsets = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (P, P, P, 3)
-    return offsets @ matrix.T.astype(np.float32) + np.asarray(centre, np.float32)
+def _offsets_range(patch: tuple[int, int, int]) -> np.ndarray:
+    """(2, 3): lowest and highest patch offset p - P//2 per axis."""
+    p = np.asarray(patch)
+    return np.stack([-(p // 2), p - 1 - p // 2]).astype(np.float64)
 
 
-def _normalised_grid(coords: np.ndarray, size: tuple[int, ...]) -> "torch.Tensor":  # noqa: F821
-    """Voxel coordinates inside a region -> grid_sample's [-1, 1] grid (x, y, z reversed)."""
+def _bounding_box(centre: np.ndarray, matrix: np.ndarray,
+                  patch: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    rng = _offsets_range(patch)
+    corners = np.array([[rng[i, 0], rng[j, 1], rng[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    coords = corners @ matrix.T + np.asarray(centre, np.float64)
+    lo = np.floor(coords.min(0) - 1e-6).astype(np.int64)
+    hi = np.floor(coords.max(0) + 1e-6).astype(np.int64) + 2
+    return lo, tuple(int(s) for s in np.maximum(hi - lo, 2))  # type: ignore[return-value]
+
+
+def _sampling_grid(centre: np.ndarray, matrix: np.ndarray, patch: tuple[int, int, int], lo: np.ndarray,
+                   size: tuple[int, int, int]) -> "torch.Tensor":  # noqa: F821
+    """grid_sample grid (1, P, P, P, 3): region voxel coordinates scaled to [-1, 1], axes reversed
+    (grid_sample wants x = last axis first)."""
     import torch
 
-    scale = 2.0 / (np.asarray(size, np.float32) - 1.0)
-    norm = coords * scale - 1.0
-    return torch.from_numpy(np.ascontiguousarray(norm[..., ::-1]))[None]
+    scale = 2.0 / (np.asarray(size, np.float64) - 1.0)
+    a = (matrix.T * scale[None, :])[:, ::-1]  # offsets (row vector) -> normalised, reversed axes
+    b = ((np.asarray(centre, np.float64) - lo) * scale - 1.0)[::-1]
+    grid = _patch_offsets(tuple(patch)) @ torch.from_numpy(a.astype(np.float32).copy())
+    grid += torch.from_numpy(b.astype(np.float32).copy())
+    return grid.reshape(1, *patch, 3)
+
+
+@functools.lru_cache(maxsize=4)
+def _patch_offsets(patch: tuple[int, int, int]) -> "torch.Tensor":  # noqa: F821
+    """(P·P·P, 3) float32 offsets p - P//2, cached per patch size (read-only by convention)."""
+    import torch
+
+    axes = [torch.arange(p, dtype=torch.float32) - p // 2 for p in patch]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
 def _sample(region: "torch.Tensor", grid: "torch.Tensor", mode: str) -> np.ndarray:  # noqa: F821

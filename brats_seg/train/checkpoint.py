@@ -109,14 +109,15 @@ def load_latest(run_dir: Path) -> tuple[dict[str, Any], Path]:
 
 
 def check_compatible(payload: dict[str, Any], path: Path, config_hash: str, data_sha256: str) -> None:
-    """Refuse to resume with a different config or data manifest."""
+    """Refuse to resume with a different config or different data (data_sha256: the trainer's data
+    identity; the 3D trainer uses a fingerprint of case ids, file hashes and preprocessing)."""
     if payload.get("config_hash") != config_hash:
         raise InputError(path, "was written with a different config (config hash "
                                f"{str(payload.get('config_hash'))[:12]} != {config_hash[:12]}); resume with "
                                "the run's config (RUN_DIR/config.yaml) or start a new run directory")
     if payload.get("data_sha256") != data_sha256:
-        raise InputError(path, "was written for a different data manifest (sha256 differs); resume with "
-                               "the same preprocessed.json or start a new run directory")
+        raise InputError(path, "was written for different data (case list, case files or preprocessing "
+                               "differ); resume with the same preprocessed dataset or start a new run directory")
 
 
 def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -133,7 +134,8 @@ def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tupl
     """(model in eval mode, meta) from best.pt/latest.pt or a run dir (its best.pt, else latest.pt).
 
     meta: model, model_kwargs, loss_mode ('regions': sigmoid WT/TC/ET; 'labels': softmax 0..3),
-    patch_size, channels, spacing.
+    patch_size, channels, spacing (the training data's voxel size), preprocess (the preprocessed
+    manifest's config section: spacing 'native' or [x, y, z], dtype).
     """
     from brats_seg.models.registry import create_model
 

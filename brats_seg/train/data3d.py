@@ -8,7 +8,7 @@ import torch
 
 from brats_seg.data.loader import PatchDataset, StreamSampler, make_loader
 from brats_seg.errors import InputError
-from brats_seg.manifest import load_manifest, resolve_inside, sha256_file
+from brats_seg.manifest import load_manifest, resolve_inside, sha256_file, sha256_json
 from brats_seg.train.config import Config3D
 from brats_seg.train.split import kfold_split
 
@@ -17,12 +17,14 @@ from brats_seg.train.split import kfold_split
 class Dataset3D:
     manifest_path: Path
     root: Path
-    sha256: str
+    sha256: str  # of the manifest file (provenance)
+    fingerprint: str  # of what training reads: case ids, their files' sha256, preprocessing config
     split: dict
     train: list[dict]
     val: list[dict]
     channels: list[str]
     spacing: list[float]
+    preprocess: dict = field(default_factory=dict)  # the preprocessing config (spacing, dtype)
     unlabelled: list[str] = field(default_factory=list)
 
 
@@ -55,8 +57,13 @@ def open_dataset(manifest_path: Path, cfg: Config3D) -> Dataset3D:
     val = [by_id[i] for i in split["val"]]
     if cfg.validation.max_cases:
         val = val[: cfg.validation.max_cases]
-    return Dataset3D(manifest_path, root, sha256_file(manifest_path), split, [by_id[i] for i in split["train"]],
-                     val, channels, list(labelled[0]["spacing"]),
+    preprocess = dict(manifest["config"].get("preprocess") or {})
+    spacing = preprocess.get("spacing")
+    spacing = list(spacing) if isinstance(spacing, (list, tuple)) else list(labelled[0]["spacing"])
+    fingerprint = sha256_json({"preprocess": preprocess,
+                               "cases": sorted([c["id"], c["sha256"]] for c in labelled)})
+    return Dataset3D(manifest_path, root, sha256_file(manifest_path), fingerprint, split,
+                     [by_id[i] for i in split["train"]], val, channels, spacing, preprocess,
                      [c["id"] for c in cases if not c.get("seg")])
 
 
@@ -85,4 +92,5 @@ def model_meta(cfg: Config3D, data: Dataset3D) -> dict:
                       dropout=cfg.model.dropout, upsample=cfg.model.upsample)
     return {"model": cfg.model.name, "model_kwargs": kwargs, "loss_mode": cfg.loss.mode,
             "patch_size": list(cfg.data.patch_size), "channels": data.channels, "spacing": data.spacing,
+            "preprocess": data.preprocess,
             "regions": ["WT", "TC", "ET"], "labels": "canonical: 0 bg, 1 NCR, 2 ED, 3 ET"}

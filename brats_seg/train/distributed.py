@@ -9,6 +9,7 @@ in the same order (validation included); only rank 0 writes files.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,9 @@ def init_distributed(device_pref: str = "auto", backend: str = "auto", timeout_s
         backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
+    kwargs: dict[str, Any] = {}
+    if backend == "nccl" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+        kwargs["device_id"] = device  # binds the communicator to this GPU eagerly (torch >= 2.3)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=_dt.timedelta(seconds=timeout_s), **kwargs)

@@ -9,10 +9,7 @@ Exit codes: see brats_seg.train.runtime (0 done, 2 bad input, 75 pre-empted by S
 """
 from __future__ import annotations
 
-import contextlib
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,37 +17,15 @@ import torch
 
 from brats_seg.errors import InputError
 from brats_seg.train import checkpoint as ckpt
-from brats_seg.train.config import Config3D, config_hash, load_config, to_dict, total_steps
-from brats_seg.train.data3d import Dataset3D, build_loader, model_meta, open_dataset
+from brats_seg.train.config import Config3D, load_config
+from brats_seg.train.data3d import open_dataset
 from brats_seg.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
-from brats_seg.train.logging import MetricsLogger
-from brats_seg.train.run_info import load_run_info, new_run_info, now, write_run_info
-from brats_seg.train.runtime import (EXIT_OK, EXIT_PREEMPTED, StopFlag, amp_dtype, autocast_factory,
-                                     configure_runtime, make_scaler, seed_all)
-from brats_seg.train.schedule import LRSchedule, build_optimizer
-from brats_seg.train.state import TrainState, checkpoint_payload, restore_from
+from brats_seg.train.run_info import write_run_info
+from brats_seg.train.runtime import EXIT_OK, EXIT_PREEMPTED, StopFlag
+from brats_seg.train.setup3d import Session, build_state, check_run_dir, start_session
+from brats_seg.train.state import TrainState, checkpoint_payload
 from brats_seg.train.step import optimizer_step, train_step
 from brats_seg.train.validate import validate
-
-
-@dataclass
-class Session:
-    """Per-invocation things that are not checkpointed."""
-
-    cfg: Config3D
-    data: Dataset3D
-    loader: torch.utils.data.DataLoader
-    sampler: object
-    logger: MetricsLogger
-    stop: StopFlag
-    run_info: dict
-    total: int
-    started: float = field(default_factory=time.monotonic)
-    elapsed_at_start: float = 0.0
-    interval: list = field(default_factory=list)
-
-    def elapsed(self) -> float:
-        return self.elapsed_at_start + time.monotonic() - self.started
 
 
 def run_training(config: Path | None, data: Path, out: Path, fold: int | None, resume: bool,
@@ -69,10 +44,10 @@ def train_3d(cfg: Config3D, data_path: Path, run_dir: Path, resume: bool) -> int
     stop = StopFlag().install()
     try:
         data = open_dataset(data_path, cfg)
-        _check_run_dir(run_dir, resume)
+        check_run_dir(run_dir, resume)
         state = build_state(cfg, data, info, run_dir)
-        session = _start_session(state, cfg, data, stop, resume)
-        status = run_epochs(state, session)
+        session = start_session(state, cfg, data, stop, resume)
+        status = _run_guarded(state, session)
         _finish(state, session, status)
         return EXIT_PREEMPTED if status == "preempted" else EXIT_OK
     finally:
@@ -80,81 +55,17 @@ def train_3d(cfg: Config3D, data_path: Path, run_dir: Path, resume: bool) -> int
         shutdown(info)
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> None:
-    folder = ckpt.checkpoint_dir(run_dir)
-    has_run = (folder / ckpt.LATEST).exists() or (folder / ckpt.PREVIOUS).exists()
-    if has_run and not resume:
-        raise InputError(run_dir, "already holds a training run (checkpoints/); pass --resume to continue "
-                                  "it or choose a new --out")
-
-
-def build_state(cfg: Config3D, data: Dataset3D, info: DistInfo, run_dir: Path) -> TrainState:
-    """Model, optimiser, schedule, scaler and loss, freshly initialised from the seed."""
-    from brats_seg.losses import build_loss
-    from brats_seg.models.registry import create_model
-
-    configure_runtime(cfg.train.num_threads, cfg.train.deterministic, info.device)
-    seed_all(cfg.seed)
-    meta = model_meta(cfg, data)
+def _run_guarded(state: TrainState, session: Session) -> str:
+    """run_epochs, with a one-line diagnosis before the traceback when a collective fails."""
     try:
-        model = create_model(meta["model"], **meta["model_kwargs"]).to(info.device)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise InputError("model", str(exc).strip("'\""))
-    seed_all(cfg.seed + 7919 * (info.rank + 1))  # ranks draw different dropout masks
-    dtype = amp_dtype(cfg.train.amp, info.device)
-    ddp = _wrap_ddp(model, info)
-    train_model = torch.compile(ddp or model) if cfg.train.compile else (ddp or model)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    loss_fn = build_loss(cfg.loss.mode, cfg.loss.dice_weight, cfg.loss.ce_weight, batch_dice=cfg.loss.batch_dice)
-    return TrainState(model, train_model, optimizer, LRSchedule(optimizer, cfg.schedule, total_steps(cfg.train)),
-                      make_scaler(info.device, dtype), loss_fn, autocast_factory(info.device, dtype), info,
-                      Path(run_dir), config_hash(cfg), data.sha256, meta, ddp=ddp)
-
-
-def _wrap_ddp(model: torch.nn.Module, info: DistInfo):
-    if not info.is_distributed:
-        return None
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-
-
-def _start_session(state: TrainState, cfg: Config3D, data: Dataset3D, stop: StopFlag, resume: bool) -> Session:
-    info, run_dir = state.info, state.run_dir
-    resumed_from = None
-    if resume:
-        payload, resumed_from = ckpt.load_latest(run_dir)
-        ckpt.check_compatible(payload, resumed_from, state.config_hash, state.data_sha256)
-        restore_from(state, payload)
-    loader, sampler = build_loader(data, cfg, info.rank, info.world_size, info.device)
-    logger = MetricsLogger(run_dir, enabled=info.is_main)
-    run_info = (load_run_info(run_dir) if resume else None) or new_run_info(
-        to_dict(cfg), state.config_hash, data.manifest_path, data.sha256, data.split, info.world_size,
-        str(info.device), state.meta)
-    session = Session(cfg, data, loader, sampler, logger, stop, run_info, total_steps(cfg.train),
-                      elapsed_at_start=state.progress.elapsed_s)
-    if info.is_main:
-        _write_start_files(state, session, resumed_from)
-    return session
-
-
-def _write_start_files(state: TrainState, session: Session, resumed_from: Path | None) -> None:
-    import yaml
-
-    from brats_seg.manifest import atomic_write_text
-
-    run_dir, p = state.run_dir, state.progress
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(session.cfg), sort_keys=False))
-    if resumed_from is not None:
-        session.logger.resume_at(p.step)
-        session.run_info["resumed"].append({"at": now(), "step": p.step, "epoch": p.epoch,
-                                            "checkpoint": str(resumed_from)})
-        print(f"resumed from {resumed_from} at step {p.step} (epoch {p.epoch})", flush=True)
-    if session.data.unlabelled:
-        print(f"note: {len(session.data.unlabelled)} unlabelled case(s) not used for training", flush=True)
-    session.run_info["status"] = "running"
-    write_run_info(run_dir, session.run_info)
+        return run_epochs(state, session)
+    except RuntimeError as exc:
+        if state.info.is_distributed:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            print(f"error: rank {state.info.rank}: a collective failed at step {state.progress.step} ({first}); "
+                  f"another rank died or hung longer than distributed.timeout_s="
+                  f"{session.cfg.distributed.timeout_s:g}", file=sys.stderr, flush=True)
+        raise
 
 
 def run_epochs(state: TrainState, session: Session) -> str:
@@ -184,7 +95,7 @@ def run_epoch(state: TrainState, session: Session) -> str:
                 save(state, session)
                 return reason
             if reason == "budget":
-                end_epoch(state, session, final=True)
+                end_epoch(state, session, partial=True)
                 return reason
             every = cfg.train.checkpoint_every_steps
             if every and p.step % every == 0 and p.epoch_step < cfg.train.steps_per_epoch:
@@ -212,10 +123,10 @@ def _after_step(state: TrainState, session: Session, loss: float, finite: bool) 
     if p.step % cfg.train.log_every_steps == 0:
         mean = _mean_over_ranks(sum(session.interval), len(session.interval), state.info)
         session.interval.clear()
-        record = {"kind": "step", "step": p.step, "epoch": p.epoch, "loss": mean, "lr": state.schedule.lr}
+        record = {"kind": "step", "step": p.step, "epoch": p.epoch + 1, "loss": mean, "lr": state.schedule.lr}
         session.logger.log(record)
         if state.info.is_main and not (cfg.train.progress and sys.stderr.isatty()):
-            print(f"step {p.step} epoch {p.epoch} loss {mean:.4f} lr {state.schedule.lr:.3e}", flush=True)
+            print(f"step {p.step} epoch {p.epoch + 1} loss {mean:.4f} lr {state.schedule.lr:.3e}", flush=True)
 
 
 def _mean_over_ranks(total: float, count: int, info: DistInfo) -> float:
@@ -235,17 +146,23 @@ def _stop_reason(state: TrainState, session: Session) -> str | None:
     return "budget" if flags[1] > 0 else None
 
 
-def end_epoch(state: TrainState, session: Session, final: bool = False) -> None:
-    """Epoch record (+ validation when due or final), epoch counters forward, checkpoint."""
+def end_epoch(state: TrainState, session: Session, partial: bool = False) -> None:
+    """Epoch record (+ validation when due or final), epoch counters forward, checkpoint.
+
+    partial: the time budget ended the run mid-epoch; validate and record, but leave the epoch
+    counters where they are, so a resume with a larger budget continues the same epoch.
+    """
     cfg, p = session.cfg, state.progress
-    final = final or p.step >= session.total or p.epoch + 1 >= cfg.train.epochs
-    record = {"kind": "epoch", "epoch": p.epoch, "step": p.step,
+    final = partial or p.step >= session.total or p.epoch + 1 >= cfg.train.epochs
+    record = {"kind": "epoch", "epoch": p.epoch + 1, "step": p.step,
               "train_loss": _mean_over_ranks(p.epoch_loss_sum, p.epoch_loss_count, state.info),
               "lr": state.schedule.lr, "skipped_steps": p.skipped_steps}
     if session.data.val and ((p.epoch + 1) % cfg.validation.every_epochs == 0 or final):
         record.update(run_validation(state, session))
     record["time_s"] = round(session.elapsed(), 2)
-    p.epoch, p.epoch_step, p.epoch_loss_sum, p.epoch_loss_count = p.epoch + 1, 0, 0.0, 0
+    record["partial"] = partial
+    if not partial:
+        p.epoch, p.epoch_step, p.epoch_loss_sum, p.epoch_loss_count = p.epoch + 1, 0, 0.0, 0
     session.logger.log(record)
     if state.info.is_main:
         print(_epoch_line(record, cfg.train.epochs, state.progress.best_metric), flush=True)
@@ -260,8 +177,8 @@ def run_validation(state: TrainState, session: Session) -> dict:
     state.schedule.observe(metrics["val_dice_mean"])
     p.last_val_step = p.step
     if metrics["val_dice_mean"] > p.best_metric:
-        p.best_metric, p.best_epoch, p.best_step = metrics["val_dice_mean"], p.epoch, p.step
-        best = {"epoch": p.epoch, "step": p.step, **metrics}
+        p.best_metric, p.best_epoch, p.best_step = metrics["val_dice_mean"], p.epoch + 1, p.step
+        best = {"epoch": p.epoch + 1, "step": p.step, **metrics}
         if state.info.is_main:
             path = ckpt.save_best(state.run_dir, state.model.state_dict(), state.meta, best)
             session.run_info["best"] = best
@@ -270,7 +187,7 @@ def run_validation(state: TrainState, session: Session) -> dict:
 
 
 def _epoch_line(rec: dict, epochs: int, best: float) -> str:
-    line = f"epoch {rec['epoch'] + 1}/{epochs} step {rec['step']} loss {rec['train_loss']:.4f} lr {rec['lr']:.2e}"
+    line = f"epoch {rec['epoch']}/{epochs} step {rec['step']} loss {rec['train_loss']:.4f} lr {rec['lr']:.2e}"
     if "val_dice_mean" in rec:
         line += (f" | val WT {rec['val_dice_WT']:.3f} TC {rec['val_dice_TC']:.3f} ET {rec['val_dice_ET']:.3f}"
                  f" mean {rec['val_dice_mean']:.3f} (best {best:.3f})")

@@ -52,11 +52,11 @@ def now() -> str:
 
 
 def new_run_info(config: dict, config_hash: str, data_path: Path, data_sha256: str, split: dict,
-                 world_size: int, device: str, model_meta: dict) -> dict[str, Any]:
+                 world_size: int, device: str, model_meta: dict, fingerprint: str | None = None) -> dict[str, Any]:
     return {
         "kind": "brats-seg run", "created_at": now(), "updated_at": now(), "status": "running",
         "task": config.get("task", "3d"), "config": config, "config_sha256": config_hash,
-        "data": {"manifest": str(Path(data_path).resolve()), "sha256": data_sha256},
+        "data": {"manifest": str(Path(data_path).resolve()), "sha256": data_sha256, "fingerprint": fingerprint},
         "split": split, "world_size": world_size, "device": device, "versions": versions(),
         "git_commit": git_commit(), "model": model_meta, "progress": {"step": 0, "epoch": 0},
         "checkpoints": {}, "best": None, "resumed": [],

@@ -56,9 +56,12 @@ def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callabl
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+def make_scaler(device: torch.device, dtype: torch.dtype | None):
     """A GradScaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    enabled = dtype == torch.float16
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
 class StopFlag:

@@ -49,13 +49,13 @@ class TrainState:
     train_model: torch.nn.Module  # what the step calls: DDP and/or compiled wrapper of `model`
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    scaler: torch.amp.GradScaler
+    scaler: Any  # torch.amp.GradScaler (disabled unless fp16)
     loss_fn: torch.nn.Module
     autocast: Callable[[], ContextManager]
     info: DistInfo
     run_dir: Path
     config_hash: str
-    data_sha256: str
+    data_sha256: str  # identity of the training data (Dataset3D.fingerprint); a resume must match it
     meta: dict[str, Any]
     progress: Progress = field(default_factory=Progress)
     ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, for no_sync()

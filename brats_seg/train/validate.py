@@ -52,8 +52,8 @@ def validate(model: torch.nn.Module, root: Path, entries: list[dict], info: Dist
     model.eval()
     try:
         for i in range(info.rank, len(entries), info.world_size):
-            image = torch.from_numpy(np.asarray(open_image(root, entries[i]), dtype=np.float32))
-            ref = torch.from_numpy(np.asarray(open_seg(root, entries[i]))).to(info.device)
+            image = torch.from_numpy(np.ascontiguousarray(open_image(root, entries[i]), dtype=np.float32))
+            ref = torch.from_numpy(np.ascontiguousarray(open_seg(root, entries[i]))).to(info.device)
             logits = predict_logits(model, image[None].to(info.device), patch_size, overlap, sw_batch_size, autocast)
             table[i] = dice_per_region_torch(logits_to_labels(logits, loss_mode)[0], ref)
     finally:
