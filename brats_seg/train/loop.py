@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -68,17 +68,22 @@ def _run_guarded(state: TrainState, session: Session) -> str:
         raise
 
 
-def run_epochs(state: TrainState, session: Session) -> str:
-    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM)."""
+def run_epochs(state: TrainState, session: Session, end_epoch_fn: Callable | None = None) -> str:
+    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM).
+
+    `end_epoch_fn` closes an epoch (record, validation, checkpoint): the 3D one by default; the 2D
+    trainer passes its own so both tasks share every other line of the loop.
+    """
     p = state.progress
     while p.step < session.total and p.epoch < session.cfg.train.epochs:
-        status = run_epoch(state, session)
+        status = run_epoch(state, session, end_epoch_fn or end_epoch)
         if status != "continue":
             return status
     return "finished"
 
 
-def run_epoch(state: TrainState, session: Session) -> str:
+def run_epoch(state: TrainState, session: Session, close: Callable | None = None) -> str:
+    close = close or end_epoch
     cfg, p = session.cfg, state.progress
     accum = cfg.optim.grad_accum
     session.sampler.set_position(p.epoch, p.epoch_step * accum * cfg.data.batch_size)
@@ -95,12 +100,12 @@ def run_epoch(state: TrainState, session: Session) -> str:
                 save(state, session)
                 return reason
             if reason == "budget":
-                end_epoch(state, session, partial=True)
+                close(state, session, partial=True)
                 return reason
             every = cfg.train.checkpoint_every_steps
             if every and p.step % every == 0 and p.epoch_step < cfg.train.steps_per_epoch:
                 save(state, session)
-    end_epoch(state, session)
+    close(state, session)
     return "continue"
 
 

@@ -133,8 +133,8 @@ def voc_pairs(root: str | Path, split: str | None = "train") -> list[SamplePair]
         return _voc_from_ids(root, sorted(p.stem for p in (root / "SegmentationClass").glob("*.png")))
     listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not listing.is_file():
-        raise InputError(listing, f"split list not found; expected one image id per line "
-                                  f"(or use split=None to take every mask in SegmentationClass)")
+        raise InputError(listing, "split list not found; expected one image id per line "
+                                  "(or use split=None to take every mask in SegmentationClass)")
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
     return _voc_from_ids(root, ids)
 

@@ -1,8 +1,8 @@
 """The 2D epoch loop: the 3D trainer's step, bookkeeping, stop votes, checkpointing and finish
 (brats_seg.train.loop), with mIoU validation in place of sliding-window Dice.
 
-Only the three functions that name the validation are written out again here (run_epochs,
-run_epoch, end_epoch): in train.loop they call the 3D validation directly. Everything else, the
+Only end_epoch, which names the validation, is written out again here; train.loop.run_epochs
+takes it as a hook. Everything else, the
 per-step record, the SIGTERM/time-budget vote, the collective checkpoint save and the final
 status, is the 3D code itself, so both tasks checkpoint, resume and stop identically.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from brats_seg.train import checkpoint as ckpt
 from brats_seg.train.logging import PNG, MetricsLogger
-from brats_seg.train.loop import _after_step, _mean_over_ranks, _progress_bar, _stop_reason, save
+from brats_seg.train import loop as train_loop
+from brats_seg.train.loop import _mean_over_ranks, save
 from brats_seg.train.setup3d import Session
 from brats_seg.train.state import TrainState
-from brats_seg.train.step import optimizer_step, train_step
 from brats_seg.twod.evaluate import evaluate_dataset
 
 
@@ -45,39 +45,8 @@ class MetricsLogger2D(MetricsLogger):
 
 
 def run_epochs(state: TrainState, session: Session) -> str:
-    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM)."""
-    p = state.progress
-    while p.step < session.total and p.epoch < session.cfg.train.epochs:
-        status = run_epoch(state, session)
-        if status != "continue":
-            return status
-    return "finished"
-
-
-def run_epoch(state: TrainState, session: Session) -> str:
-    cfg, p = session.cfg, state.progress
-    accum = cfg.optim.grad_accum
-    session.sampler.set_position(p.epoch, p.epoch_step * accum * cfg.data.batch_size)
-    batches = iter(session.loader)
-    with _progress_bar(state, session) as bar:
-        while p.epoch_step < cfg.train.steps_per_epoch and p.step < session.total:
-            loss = train_step(state, [next(batches) for _ in range(accum)])
-            finite = optimizer_step(state, cfg.optim.grad_clip)
-            _after_step(state, session, loss, finite)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.schedule.lr:.2e}")
-            reason = _stop_reason(state, session)
-            if reason == "preempted":
-                save(state, session)
-                return reason
-            if reason == "budget":
-                end_epoch(state, session, partial=True)
-                return reason
-            every = cfg.train.checkpoint_every_steps
-            if every and p.step % every == 0 and p.epoch_step < cfg.train.steps_per_epoch:
-                save(state, session)
-    end_epoch(state, session)
-    return "continue"
+    """The shared 3D epoch loop, closing each epoch with the 2D end_epoch (mIoU validation)."""
+    return train_loop.run_epochs(state, session, end_epoch)
 
 
 def end_epoch(state: TrainState, session: Session, partial: bool = False) -> None:

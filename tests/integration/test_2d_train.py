@@ -94,7 +94,7 @@ def test_preempted_run_resumes_exactly(data, tmp_path, monkeypatch):
     steps = [*TINY, "train.epochs=2", "train.steps_per_epoch=3"]
     assert train_2d(load_config_2d(None, steps), data, tmp_path / "straight", resume=False) == 0
 
-    import brats_seg.twod.loop as loop
+    import brats_seg.train.loop as loop  # the shared epoch loop the 2D trainer runs
 
     real = loop._stop_reason
     monkeypatch.setattr(loop, "_stop_reason", lambda state, session: "preempted" if state.progress.step == 4
