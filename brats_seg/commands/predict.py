@@ -28,9 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
     p.add_argument("--tta-axes", default="0,1,2", help="axes mirrored with --tta (e.g. 0 or 0,1: fewer passes)")
-    p.add_argument("--batch-size", type=int, default=2,
-                   help="windows per forward pass (default 2: on CPU, PyTorch takes its fast oneDNN 3D "
-                        "convolution only for batches > 1 on small windows)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default: 2 for windows up to 64^3, where PyTorch's CPU "
+                        "3D convolution needs a batch > 1 for its fast path; else 1)")
     p.add_argument("--window-grow", type=float, default=0.1,
                    help="an axis at most this fraction longer than the patch gets one longer window (0: off)")
     p.add_argument("--label-convention", choices=("brats2021", "brats2023", "msd"),
@@ -58,7 +58,7 @@ def _check_args(args: argparse.Namespace) -> str:
         raise InputError("--overlap", f"{args.overlap} is outside [0, 1); expected e.g. 0.5")
     if args.window_grow < 0:
         raise InputError("--window-grow", f"{args.window_grow} is negative; expected e.g. 0.1 or 0 (off)")
-    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+    if (args.batch_size is not None and args.batch_size < 1) or (args.threads is not None and args.threads < 1):
         raise InputError("predict", "--batch-size and --threads must be at least 1")
     return "manifest" if args.manifest else "case"
 

@@ -83,19 +83,22 @@ class Segmenter:
     grow: an axis at most this fraction longer than the patch is covered by one longer window (a
     129-voxel axis then costs one 136-voxel window instead of two 128-voxel ones; 0 turns it off);
     channels_last: channels_last_3d memory format (measured slower on this CPU, so off by default).
-    batch_size: windows per forward; 2 by default because PyTorch's CPU conv3d falls back to its
-    slow im2col path for a single small window (measured 0.14 s for one 32^3 window against
-    0.06 s for two, one thread).
+    batch_size: windows per forward; None picks 2 for windows up to 64^3 (PyTorch's CPU conv3d
+    falls back to its slow im2col path for a single small window: measured 0.14 s for one 32^3
+    window against 0.06 s for two, one thread) and 1 above (large windows take the fast path
+    alone, and a second one costs ~0.6 GB at 128^3 for little gain).
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
                  overlap: float = 0.5, tta: bool = False, mirror_axes: tuple[int, ...] | None = None,
-                 batch_size: int = 2, postprocess: PostprocessConfig | None = None, amp: bool = False,
+                 batch_size: int | None = None, postprocess: PostprocessConfig | None = None, amp: bool = False,
                  channels_last: bool = False, grow: float = 0.1) -> None:
         self.device = _check_device(device)
         self.model = model.to(self.device).eval()
         self.spec = spec
         axes = tuple(mirror_axes) if mirror_axes is not None else ((0, 1, 2) if tta else ())
+        if batch_size is None:
+            batch_size = 2 if np.prod(spec.patch_size) <= 64**3 else 1
         self.window = WindowConfig(spec.patch_size, overlap, batch_size, axes, grow=grow,
                                    multiple=size_multiple(model, spec.patch_size))
         self.postprocess = postprocess or PostprocessConfig()
@@ -106,8 +109,10 @@ class Segmenter:
     @classmethod
     def from_run(cls, path: str | Path, device: str = "cpu", threads: int | None = None, **options) -> "Segmenter":
         """Load RUN_DIR (its best.pt, else latest.pt) or a checkpoint file; options go to __init__."""
+        from brats_seg.allocator import keep_freed_memory
         from brats_seg.infer.runs import load_run_model
 
+        keep_freed_memory()
         if threads:
             torch.set_num_threads(int(threads))
         model, spec = load_run_model(Path(path), _check_device(device))
