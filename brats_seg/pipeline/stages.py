@@ -49,9 +49,11 @@ class Stage:
         return StageContext(argv + overrides, inputs, outputs)
 
     def run(self, ctx: StageContext) -> None:
-        from brats_seg.cli import main
+        """The command's own run(), so its InputError reaches the user as the one error line."""
+        from brats_seg.cli import build_parser
 
-        code = main(ctx.argv)
+        args = build_parser().parse_args(ctx.argv)
+        code = int(args._run(args) or 0)
         if code != 0:
             raise InputError(f"stage {self.command}", f"exited with code {code}; see the messages above")
 
