@@ -16,21 +16,14 @@ from typing import Any
 
 import torch
 
-from brats_seg.errors import InputError
 from brats_seg.manifest import sha256_file
 
 
 def checkpoint_file(path: Path) -> Path:
     """The file a run dir stands for (checkpoints/best.pt, else checkpoints/latest.pt)."""
-    from brats_seg.train.checkpoint import BEST, LATEST, checkpoint_dir
+    from brats_seg.train.checkpoint import model_checkpoint
 
-    path = Path(path)
-    if path.is_dir():
-        folder = checkpoint_dir(path)
-        path = folder / BEST if (folder / BEST).exists() else folder / LATEST
-    if not path.is_file():
-        raise InputError(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt")
-    return path
+    return model_checkpoint(path)
 
 
 def run_spacing(ckpt: Path, meta: dict) -> Any:

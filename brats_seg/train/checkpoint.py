@@ -130,6 +130,17 @@ def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], meta: dict[st
     return path
 
 
+def model_checkpoint(path: Path) -> Path:
+    """The file a run dir stands for (checkpoints/best.pt, else latest.pt), or the file given."""
+    path = Path(path)
+    if path.is_dir():
+        folder = checkpoint_dir(path)
+        path = folder / BEST if (folder / BEST).exists() else folder / LATEST
+    if not path.is_file():
+        raise InputError(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt")
+    return path
+
+
 def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, meta) from best.pt/latest.pt or a run dir (its best.pt, else latest.pt).
 
@@ -139,12 +150,7 @@ def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tupl
     """
     from brats_seg.models.registry import create_model
 
-    path = Path(path)
-    if path.is_dir():
-        folder = checkpoint_dir(path)
-        path = folder / BEST if (folder / BEST).exists() else folder / LATEST
-    if not path.is_file():
-        raise InputError(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt")
+    path = model_checkpoint(path)
     try:
         payload = _read(path)
     except Exception as exc:
