@@ -64,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as err:
         print(err.line(), file=sys.stderr, flush=True)
         return EXIT_INPUT_ERROR
+    except OSError as err:  # disk full, permissions: the environment, not a bug; one line, no traceback
+        if err.errno is None:
+            raise
+        print(f"error: {err.filename or 'output'}: {err.strerror}; free space or fix permissions, then rerun "
+              "(finished work is kept and skipped)", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -21,3 +21,9 @@ class InputError(Exception):
         """The one-line form the CLI prints."""
         text = f"error: {self.where}: {self.message}"
         return " ".join(text.split())  # never more than one line
+
+
+def with_location(exc: OSError, where: Path) -> OSError:
+    """The same OS error (disk full, permissions), naming `where` when the original names no path."""
+    named = exc.filename if exc.filename and "/" in str(exc.filename) else where
+    return OSError(exc.errno, exc.strerror, str(named))

@@ -107,6 +107,8 @@ def load_manifest(path: Path, stage: str | None = None) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a brats-seg manifest")
+    except (RecursionError, ValueError, OSError) as exc:
+        raise InputError(path, f"cannot be read as a manifest ({type(exc).__name__}); expected a brats-seg manifest")
     if not isinstance(manifest, dict):
         raise InputError(path, "not a JSON object; expected a brats-seg manifest")
     version = manifest.get("schema_version")

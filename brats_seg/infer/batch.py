@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from brats_seg.errors import InputError
+from brats_seg.errors import InputError, with_location
 from brats_seg.infer import export
 from brats_seg.infer.prepare import entry_convention
 from brats_seg.manifest import atomic_write_json, load_manifest, manifest_root, sha256_file, sha256_json
@@ -79,6 +79,8 @@ def _one_case(segmenter, case: dict, root: Path, out_dir: Path,
     except InputError as err:  # one bad case does not stop the batch; it is listed as rejected
         print(err.line(), file=sys.stderr)
         return None, err
+    except OSError as exc:  # disk full etc.: stop the batch, naming where it could not write
+        raise with_location(exc, out_dir / case["id"]) from exc
     atomic_write_json(out_dir / SIDECARS / f"{case['id']}.json", {"key": key, "entry": entry})
     print(f"predict: {case['id']} {entry['timings']['total_s']:.1f} s", file=sys.stderr)
     return entry, "done"

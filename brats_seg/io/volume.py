@@ -69,10 +69,13 @@ def _read_nifti(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, Geom
         raw = _gunzip(blob) if path.name.lower().endswith(".gz") else blob
         img = _nifti_from_bytes(raw)
         data = np.asanyarray(img.dataobj)
-    except (zlib.error, ValueError, EOFError, OSError, nib.filebasedimages.ImageFileError,
-            nib.spatialimages.HeaderDataError) as exc:
+    except (zlib.error, ValueError, EOFError, OSError, OverflowError, MemoryError, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as exc:
         raise InputError(path, f"unreadable or truncated NIfTI ({_short(exc)}); expected a complete .nii/.nii.gz file")
-    return data, _nifti_geometry(path, img, data.shape[:3])
+    try:
+        return data, _nifti_geometry(path, img, data.shape[:3])
+    except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. an impossible qform quaternion
+        raise InputError(path, f"header geometry is invalid ({_short(exc)}); expected a valid qform/sform")
 
 
 def _nifti_from_bytes(raw: bytes):

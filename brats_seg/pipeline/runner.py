@@ -30,6 +30,8 @@ def load_pipeline(path: Path, variables: dict[str, str]) -> dict:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, f"cannot be read as text ({type(exc).__name__}); expected a pipeline YAML")
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list):
         raise InputError(path, "expected a mapping with a 'stages' list")
     values = {**{k: str(v) for k, v in (spec.get("vars") or {}).items()}, **variables}

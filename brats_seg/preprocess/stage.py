@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from brats_seg.errors import InputError
+from brats_seg.errors import InputError, with_location
 from brats_seg.manifest import (atomic_write_json, load_manifest, manifest_root, resolve_inside, sha256_file,
                                 sha256_json)
 from brats_seg.preprocess.case import PreprocessConfig, preprocess_case
@@ -67,10 +67,12 @@ def _run_one(job: tuple[dict, Path, Path, PreprocessConfig, str]) -> tuple[str, 
     case, root, out_dir, cfg, cfg_sha = job
     try:
         entry = preprocess_case(case, root, out_dir, cfg)
+        entry["config_sha256"] = cfg_sha
+        atomic_write_json(case_dir(out_dir, case["id"]) / "entry.json", entry)
     except InputError as err:
         return case["id"], None, err.line()
-    entry["config_sha256"] = cfg_sha
-    atomic_write_json(case_dir(out_dir, case["id"]) / "entry.json", entry)
+    except OSError as exc:  # disk full etc.: stop, naming the case folder that could not be written
+        raise with_location(exc, case_dir(out_dir, case["id"])) from exc
     return case["id"], entry, None
 
 

@@ -77,7 +77,11 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    import warnings
+
+    with warnings.catch_warnings():  # torch warns about legacy formats; our error says it all
+        warnings.simplefilter("ignore")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError("not a brats-seg checkpoint")
     if payload.get("version") != VERSION:
@@ -155,7 +159,11 @@ def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tupl
         payload = _read(path)
     except Exception as exc:
         raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")
-    meta = payload["meta"]
-    model = create_model(meta["model"], **meta["model_kwargs"])
-    model.load_state_dict(payload["model"])
+    try:
+        meta = payload["meta"]
+        model = create_model(meta["model"], **meta["model_kwargs"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(path, f"is not a usable model checkpoint ({type(exc).__name__}: {first})")
     return model.to(device).eval(), meta

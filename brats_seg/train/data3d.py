@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from brats_seg.data.loader import PatchDataset, StreamSampler, make_loader
@@ -35,6 +36,19 @@ def _check_case_files(root: Path, entry: dict, where: Path) -> None:
             if not path.is_file():
                 raise InputError(f"{where}: case {entry['id']}", f"{key} file {entry[key]} is missing; "
                                                                  "rerun brats-seg preprocess")
+            _check_array(path, key, entry)
+
+
+def _check_array(path: Path, key: str, entry: dict) -> None:
+    """Open the array header (memory-mapped: no data read) so a damaged file fails here, named."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(path, f"is not a readable .npy array ({type(exc).__name__}); rerun brats-seg preprocess --force")
+    wanted = {"image": 4, "seg": 3, "fg": 2}[key]
+    if array.ndim != wanted or (key != "fg" and list(array.shape[:3]) != list(entry["shape"])):
+        raise InputError(path, f"has shape {list(array.shape)}, not what the manifest records for case {entry['id']}; "
+                               "rerun brats-seg preprocess --force")
 
 
 def open_dataset(manifest_path: Path, cfg: Config3D) -> Dataset3D:

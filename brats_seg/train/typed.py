@@ -137,6 +137,8 @@ def load_yaml_mapping(path: Path | None) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise InputError(path, f"not valid YAML: {' '.join(str(exc).split())}")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, f"cannot be read as text ({type(exc).__name__}); expected a YAML file")
     if data is None:
         return {}
     if not isinstance(data, dict):

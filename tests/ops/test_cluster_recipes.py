@@ -1,0 +1,237 @@
+"""The cluster recipes in pipelines/ run at tiny scale on this machine, as the cluster would run them.
+
+- pipelines/slurm_preprocess_array.sbatch and pipelines/slurm_predict_array.sbatch: the scripts
+  themselves, run with bash as 2 array tasks at once (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT
+  set, as SLURM sets them); the merged manifest and every output file equal a single run's.
+- pipelines/torchrun_multi_node.sh: 2 "nodes" of 1 CPU process each, started as two local agents
+  meeting through c10d rendezvous on 127.0.0.1:<free port>.
+- pipelines/torchrun_single_node.sh: 2 CPU processes on one node; SIGTERM to the torchrun job (what
+  SLURM's --signal does to the job step) -> every rank stops at the same step, rank 0 checkpoints,
+  the script exits 75; the same command again resumes by itself and ends bitwise where the
+  uninterrupted multi-node run (same world size) ended.
+The SLURM train scripts (slurm_train_*.sbatch) wrap these torchrun command lines in srun; they need
+scontrol/srun and are not run here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from brats_seg.manifest import load_manifest
+from tests.train_fixtures import TINY, kill_group, make_dataset, wait_for_line
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINES = REPO / "pipelines"
+STEPS = ["train.epochs=3", "train.steps_per_epoch=3", "data.fold=0", "distributed.timeout_s=30"]
+FINAL_STEP = 9
+
+
+def recipe_env(**extra: str) -> dict:
+    """This interpreter's bin folder first on PATH (the recipes call `brats-seg` and `python`)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHON=sys.executable)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_ARRAY_TASK_ID",
+                "SLURM_ARRAY_TASK_COUNT", "SLURM_CPUS_PER_TASK"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def run_array(script: str, args: list, tasks: int = 2, **extra: str) -> list[subprocess.CompletedProcess]:
+    """`bash pipelines/SCRIPT ARGS` as `tasks` array tasks running at the same time."""
+    procs = [subprocess.Popen(["bash", str(PIPELINES / script), *map(str, args)], cwd=REPO, text=True,
+                              env=recipe_env(SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_TASK_COUNT=str(tasks), **extra),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(tasks)]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def _files(folder: Path, pattern: str) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.glob(pattern))}
+
+
+def _core(manifest: dict) -> dict:
+    m = {k: v for k, v in manifest.items() if k not in ("created_at", "timings")}
+    m["cases"] = [{k: v for k, v in e.items() if k != "timings"} for e in m["cases"]]
+    return m
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    from brats_seg.ingest import ingest
+    from brats_seg.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("recipes_raw")
+    synthesize_dataset(root / "src", 5, 3, (32, 32, 24))
+    ingest([root / "src"], root / "raw.json")
+    return root / "raw.json"
+
+
+@pytest.mark.parametrize("script", ["slurm_preprocess_array.sbatch", "slurm_predict_array.sbatch"])
+def test_array_scripts_refuse_to_run_outside_an_array(script, tmp_path):
+    args = ["a", "b"] if "preprocess" in script else ["a", "b", "c"]
+    proc = subprocess.run(["bash", str(PIPELINES / script), *args], cwd=tmp_path, env=recipe_env(),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "run as an array job" in proc.stderr
+
+
+def test_preprocess_array_recipe_equals_a_single_run(raw, tmp_path, run_cli):
+    single, array = tmp_path / "single", tmp_path / "array"
+    code, _, err = run_cli("preprocess", raw, "--out", single, "--workers", "1")
+    assert code == 0, err
+    for task in run_array("slurm_preprocess_array.sbatch", [raw, array]):
+        assert task.returncode == 0, task.stderr
+    merged = load_manifest(array / "preprocessed.json", stage="preprocessed")
+    assert _core(merged) == _core(load_manifest(single / "preprocessed.json"))
+    assert len(merged["cases"]) == 5
+    assert _files(array, "cases/*/*.npy") == _files(single, "cases/*/*.npy")
+    assert sorted(p.name for p in (array / "shards").iterdir()) == [
+        "preprocessed.shard-0-of-2.json", "preprocessed.shard-1-of-2.json"]
+    # resubmitting the array redoes nothing
+    for task in run_array("slurm_preprocess_array.sbatch", [raw, array]):
+        assert task.returncode == 0 and "0 done" in task.stderr, task.stderr
+
+
+def test_predict_array_recipe_equals_a_single_run(raw, tmp_path, run_cli):
+    from tests.badinput.builders import make_model_run
+
+    model = make_model_run(tmp_path / "model")
+    single, array = tmp_path / "single", tmp_path / "array"
+    code, _, err = run_cli("predict", "--model", model, "--manifest", raw, "--out", single, "--threads", "1",
+                           "--label-convention", "brats2023")
+    assert code == 0, err
+    tasks = run_array("slurm_predict_array.sbatch", [model, raw, array], PREDICT_ARGS="--label-convention brats2023")
+    for task in tasks:
+        assert task.returncode == 0, task.stderr
+    assert sum("predict: " in t.stderr and " done, " in t.stderr for t in tasks) == 2
+    merged = load_manifest(array / "predictions.json", stage="predictions")
+    assert _core(merged) == _core(load_manifest(single / "predictions.json"))
+    masks = _files(array, "masks/*.nii.gz")
+    assert len(masks) == 5 and masks == _files(single, "masks/*.nii.gz")
+    assert all(e["label_convention"] == "brats2023" for e in merged["cases"])
+    again = run_array("slurm_predict_array.sbatch", [model, raw, array], PREDICT_ARGS="--label-convention brats2023")
+    for task in again:
+        assert task.returncode == 0 and " 0 done" in task.stderr, task.stderr  # resubmission skips everything
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("recipes_ddp")
+    data = make_dataset(root / "data", n_cases=4)
+    config = root / "train.yaml"
+    config.write_text("task: 3d\n")
+    return data, config
+
+
+def _latest(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+
+
+def _start(script: str, data: Path, run: Path, config: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(PIPELINES / script), str(data), str(run), "0", *TINY, *STEPS], cwd=REPO,
+                            env=recipe_env(CONFIG=str(config), **env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def multi_node_run(ddp_data, tmp_path_factory) -> Path:
+    """Two agents with one CPU process each ("nodes"), c10d rendezvous on localhost: the reference run."""
+    data, config = ddp_data
+    run = tmp_path_factory.mktemp("multi") / "run"
+    port = str(free_port())
+    nodes = [_start("torchrun_multi_node.sh", data, run, config, NNODES="2", NPROC="1", RDZV_HOST="127.0.0.1",
+                    RDZV_PORT=port, RDZV_ID="test") for _ in range(2)]
+    try:
+        logs = [node.communicate(timeout=240)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            kill_group(node)
+    for node, log in zip(nodes, logs):
+        assert node.returncode == 0, log[-4000:]
+    return run
+
+
+@pytest.mark.ddp
+def test_multi_node_recipe_with_c10d_rendezvous(multi_node_run):
+    info = json.loads((multi_node_run / "run.json").read_text())
+    assert info["status"] == "finished" and info["world_size"] == 2
+    steps = [json.loads(r) for r in (multi_node_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "step"] == list(range(1, FINAL_STEP + 1))  # rank 0 alone wrote
+    assert _latest(multi_node_run)["progress"]["step"] == FINAL_STEP
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+@pytest.mark.ddp
+def test_single_node_recipe_preempted_then_resumed_equals_the_uninterrupted_run(ddp_data, multi_node_run, tmp_path):
+    data, config = ddp_data
+    run = tmp_path / "run"
+    job = _start("torchrun_single_node.sh", data, run, config, NPROC="2")
+    try:
+        wait_for_line(job, "step 1 ", timeout=180)
+        agents = _children(job.pid)  # the torchrun agent under the script's shell
+        assert len(agents) == 1, agents
+        os.kill(agents[0], signal.SIGTERM)  # SLURM --signal=TERM@... signals the job step, not the batch shell
+        log = job.communicate(timeout=120)[0]
+    finally:
+        kill_group(job)
+    assert job.returncode == 75, log[-4000:]
+    assert "pre-empted at a checkpoint" in log
+    info = json.loads((run / "run.json").read_text())
+    stopped = _latest(run)["progress"]["step"]
+    assert info["status"] == "preempted" and 1 <= stopped < FINAL_STEP
+
+    again = _start("torchrun_single_node.sh", data, run, config, NPROC="2")  # the same command, requeued
+    try:
+        log = again.communicate(timeout=240)[0]
+    finally:
+        kill_group(again)
+    assert again.returncode == 0, log[-4000:]
+    assert f"resumed from {run / 'checkpoints' / 'latest.pt'} at step {stopped}" in log
+    a, b = _latest(multi_node_run), _latest(run)
+    assert b["progress"]["step"] == FINAL_STEP
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"weights differ at {k}"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["world_size"] == 2 and info["resumed"][0]["step"] == stopped
+
+
+def test_recipes_pass_a_bash_syntax_check():
+    for path in [PIPELINES / "slurm_predict_array.sbatch", PIPELINES / "torchrun_single_node.sh",
+                 PIPELINES / "torchrun_multi_node.sh", PIPELINES / "slurm_preprocess_array.sbatch"]:
+        assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, path
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck:
+        proc = subprocess.run([shellcheck, *map(str, PIPELINES.glob("*.sh")), *map(str, PIPELINES.glob("*.sbatch"))],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
