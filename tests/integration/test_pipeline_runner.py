@@ -70,9 +70,29 @@ def test_a_changed_input_redoes_the_stages_downstream(tmp_path: Path):
     text = PIPELINE.format(workdir=tmp_path / "work").replace("    out: data\n", "    out: unused\n")
     path.write_text(text.replace("sources: [data]", f"sources: [{tmp_path / 'data'}]"))
     run_pipeline(path)
-    seg = next((tmp_path / "data").rglob("*_seg.nii.gz"))
-    seg.touch()  # a new mtime changes the source folder's fingerprint: ingest and what follows rerun
+    import nibabel as nib
+    import numpy as np
+
+    flair = sorted((tmp_path / "data").rglob("*_flair.nii.gz"))[0]
+    img = nib.load(flair)
+    data = np.asanyarray(img.dataobj).copy()
+    data[data > 0] += 1  # new content: the raw manifest's sha256 changes, so everything after it reruns
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), flair)
     assert _ran(run_pipeline(path)) == ["ingest", "split", "preprocess"]
+
+
+def test_a_touched_but_identical_input_reruns_only_the_stage_that_reads_it(tmp_path: Path):
+    from brats_seg.synth import synthesize_dataset
+
+    synthesize_dataset(tmp_path / "data", 3, seed=5, shape=(32, 32, 24))
+    path = tmp_path / "study.yaml"
+    text = PIPELINE.format(workdir=tmp_path / "work").replace("sources: [data]", f"sources: [{tmp_path / 'data'}]")
+    path.write_text(text)
+    run_pipeline(path)
+    next((tmp_path / "data").rglob("*_seg.nii.gz")).touch()
+    ran = _ran(run_pipeline(path))
+    # ingest reruns (its source listing changed); what follows reruns only if raw.json's bytes changed
+    assert ran[:1] == ["ingest"] and "synth" not in ran
 
 
 def test_a_deleted_output_is_rebuilt(pipeline: Path, tmp_path: Path):
