@@ -34,6 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     two.add_argument("--model", type=Path, default=None, help="2D run or checkpoint (default: train one for 300 s)")
     two.add_argument("--data", type=Path, default=SHARED / "camvid_segnet_samples")
     two.add_argument("--threads", type=int, default=2)
+    two.add_argument("--train-seconds", type=float, default=300.0, help="training time when no --model is given")
     two.add_argument("--out", type=Path, default=Path("runs/bench/2d"))
 
 
@@ -90,6 +91,7 @@ def _infer(args) -> int:
 def _two_d(args) -> int:
     from brats_seg.twod.bench2d import bench_2d
 
-    _, table = bench_2d(args.out, model=args.model, data=args.data, threads=args.threads)
+    _, table = bench_2d(args.out, model=args.model, data=args.data, threads=args.threads,
+                        train_seconds=args.train_seconds)
     print(table)
     return 0

@@ -68,7 +68,7 @@ def _read_nifti(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, Geom
     try:
         raw = _gunzip(blob) if path.name.lower().endswith(".gz") else blob
         img = _nifti_from_bytes(raw)
-        data = np.asanyarray(img.dataobj)
+        data = _voxels(img, raw)
     except (zlib.error, ValueError, EOFError, OSError, OverflowError, MemoryError, nib.filebasedimages.ImageFileError,
             nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as exc:
         raise InputError(path, f"unreadable or truncated NIfTI ({_short(exc)}); expected a complete .nii/.nii.gz file")
@@ -76,6 +76,21 @@ def _read_nifti(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, Geom
         return data, _nifti_geometry(path, img, data.shape[:3])
     except (ValueError, np.linalg.LinAlgError) as exc:  # e.g. an impossible qform quaternion
         raise InputError(path, f"header geometry is invalid ({_short(exc)}); expected a valid qform/sform")
+
+
+def _voxels(img, raw: bytes) -> np.ndarray:
+    """The voxel array as a read-only view of the decompressed bytes (no copy), scaled if the header
+    says so; nibabel's own reader copies the whole volume once more through a BytesIO."""
+    hdr = img.header
+    dtype, shape = hdr.get_data_dtype(), hdr.get_data_shape()
+    count, offset = int(np.prod(shape)), int(hdr.get_data_offset())
+    if offset < 352 or offset + count * dtype.itemsize > len(raw) or dtype.hasobject:  # 352: header + magic
+        return np.asanyarray(img.dataobj)  # let nibabel raise (or cope) for odd files
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
+    slope, inter = hdr.get_slope_inter()
+    if (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0):
+        return np.asanyarray(img.dataobj)  # scaled data: nibabel applies slope/intercept and dtype rules
+    return data
 
 
 def _nifti_from_bytes(raw: bytes):
