@@ -83,13 +83,19 @@ def _wrap_ddp(model: torch.nn.Module, info: DistInfo):
     return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 
+def restore_if_resuming(state: TrainState, resume: bool) -> Path | None:
+    """On --resume: load the latest checkpoint (same config and data only) into `state`; its path."""
+    if not resume:
+        return None
+    payload, resumed_from = ckpt.load_latest(state.run_dir)
+    ckpt.check_compatible(payload, resumed_from, state.config_hash, state.data_sha256)
+    restore_from(state, payload)
+    return resumed_from
+
+
 def start_session(state: TrainState, cfg: Config3D, data: Dataset3D, stop: StopFlag, resume: bool) -> Session:
     info, run_dir = state.info, state.run_dir
-    resumed_from = None
-    if resume:
-        payload, resumed_from = ckpt.load_latest(run_dir)
-        ckpt.check_compatible(payload, resumed_from, state.config_hash, state.data_sha256)
-        restore_from(state, payload)
+    resumed_from = restore_if_resuming(state, resume)
     loader, sampler = build_loader(data, cfg, info.rank, info.world_size, info.device)
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     run_info = (load_run_info(run_dir) if resume else None) or new_run_info(

@@ -18,7 +18,6 @@ from typing import Sequence
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.train import checkpoint as ckpt
 from brats_seg.train.config import config_hash, total_steps
 from brats_seg.train.distributed import DistInfo, init_distributed, shutdown
 from brats_seg.train.loop import _finish
@@ -26,8 +25,8 @@ from brats_seg.train.run_info import load_run_info, new_run_info
 from brats_seg.train.runtime import EXIT_OK, EXIT_PREEMPTED, StopFlag, amp_dtype, autocast_factory, \
     configure_runtime, make_scaler, seed_all
 from brats_seg.train.schedule import LRSchedule, build_optimizer
-from brats_seg.train.setup3d import Session, _wrap_ddp, _write_start_files, check_run_dir
-from brats_seg.train.state import TrainState, restore_from
+from brats_seg.train.setup3d import Session, _wrap_ddp, _write_start_files, check_run_dir, restore_if_resuming
+from brats_seg.train.state import TrainState
 from brats_seg.train.typed import to_dict
 from brats_seg.twod.config import RUN_CONTROL_KEYS_2D, Config2D, load_config_2d, resolve_data_arg
 from brats_seg.twod.loop import MetricsLogger2D, run_epochs
@@ -115,11 +114,7 @@ def build_state_2d(cfg: Config2D, data: Data2D, info: DistInfo, run_dir: Path,
 def start_session_2d(state: TrainState, cfg: Config2D, data: Data2D, stop: StopFlag, resume: bool) -> Session:
     """Restore on --resume (same config and data only), loaders, logger, config.yaml and run.json."""
     info, run_dir = state.info, state.run_dir
-    resumed_from = None
-    if resume:
-        payload, resumed_from = ckpt.load_latest(run_dir)
-        ckpt.check_compatible(payload, resumed_from, state.config_hash, state.data_sha256)
-        restore_from(state, payload)
+    resumed_from = restore_if_resuming(state, resume)
     loader, sampler = build_loader_2d(data, cfg, info.rank, info.world_size, info.device)
     logger = MetricsLogger2D(run_dir, enabled=info.is_main)
     run_info = (load_run_info(run_dir) if resume else None) or new_run_info(
