@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_seg.manifest import atomic_path
+from brats_seg.figures import save_png
 from brats_seg.metrics import REGION_NAMES
 
 
@@ -31,10 +31,4 @@ def write_boxplot(rows: list[dict], path: Path) -> Path:
     n = len({r["case"] for r in rows})
     fig.suptitle(f"{n} case{'s' if n != 1 else ''}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, durable=False) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

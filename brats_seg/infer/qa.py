@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.io.geometry import Geometry
-from brats_seg.manifest import atomic_path
+from brats_seg.figures import save_png
 from brats_seg.preprocess import spatial
 
 COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.85, 0.0)}  # NCR red, ED green, ET yellow
@@ -93,16 +93,7 @@ def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geome
 def write_qa_png(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geometry, path: Path,
                  title: str = "") -> Path:
     """Render `qa_figure` to a PNG atomically."""
-    import matplotlib.pyplot as plt
-
-    fig = qa_figure(labels, images, geometry, title)
-    path = Path(path)
-    try:
-        with atomic_path(path, durable=False) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(qa_figure(labels, images, geometry, title), path)
 
 
 def qa_images(case) -> dict[str, np.ndarray]:
