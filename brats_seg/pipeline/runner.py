@@ -12,26 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from brats_seg.errors import InputError
 from brats_seg.manifest import atomic_write_json, sha256_json
 from brats_seg.pipeline.fingerprints import fingerprints
 from brats_seg.pipeline.stages import STAGES
+from brats_seg.yamlfile import read_yaml
 
 _VAR = re.compile(r"\$\{(\w+)\}")
 
 
 def load_pipeline(path: Path, variables: dict[str, str]) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "pipeline file not found")
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(path, f"cannot be read as text ({type(exc).__name__}); expected a pipeline YAML")
+    spec = read_yaml(path, "pipeline file not found", "a pipeline YAML")
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list):
         raise InputError(path, "expected a mapping with a 'stages' list")
     values = {**{k: str(v) for k, v in (spec.get("vars") or {}).items()}, **variables}

@@ -126,19 +126,12 @@ def apply_overrides(mapping: dict, overrides: Sequence[str]) -> dict:
 
 def load_yaml_mapping(path: Path | None) -> dict:
     """The YAML file as a dict ({} for None); unreadable or non-mapping files are InputErrors."""
-    import yaml
+    from brats_seg.yamlfile import read_yaml
 
     if path is None:
         return {}
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file not found; expected a YAML file such as pipelines/train_cpu.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML: {' '.join(str(exc).split())}")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(path, f"cannot be read as text ({type(exc).__name__}); expected a YAML file")
+    data = read_yaml(path, "config file not found; expected a YAML file such as pipelines/train_cpu.yaml", "a YAML file")
     if data is None:
         return {}
     if not isinstance(data, dict):
