@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -131,12 +132,16 @@ def _check_unique_ids(path: Path, manifest: dict) -> None:
         seen.add(case["id"])
 
 
-def _schema_errors(manifest: dict) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _validator():
+    """Built once per process: every manifest read and write validates against it."""
     import jsonschema
 
-    schema = json.loads(_SCHEMA_FILE.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    found = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    return jsonschema.Draft202012Validator(json.loads(_SCHEMA_FILE.read_text()))
+
+
+def _schema_errors(manifest: dict) -> list[str]:
+    found = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.absolute_path))
     return [f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in found]
 
 
