@@ -87,8 +87,9 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: Path, obj, durable: bool = True) -> None:
+    with atomic_path(path, durable) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def save_manifest(path: Path, manifest: dict) -> None:
@@ -140,7 +141,28 @@ def _validator():
     return jsonschema.Draft202012Validator(json.loads(_SCHEMA_FILE.read_text()))
 
 
+@functools.lru_cache(maxsize=1)
+def _fast_validator():
+    """The schema compiled to Python by fastjsonschema: 1 ms against jsonschema's 83 ms on a 12-case
+    raw manifest (it grows with the cases, so a 1000-case job would wait seconds). It answers
+    valid / not valid; jsonschema, only for invalid manifests, gives every error with its path."""
+    try:
+        import fastjsonschema
+    except ImportError:
+        return None
+    return fastjsonschema.compile(json.loads(_SCHEMA_FILE.read_text()))
+
+
 def _schema_errors(manifest: dict) -> list[str]:
+    fast = _fast_validator()
+    if fast is not None:
+        import fastjsonschema
+
+        try:
+            fast(manifest)
+            return []
+        except fastjsonschema.JsonSchemaException:
+            pass  # report with jsonschema's messages below
     found = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.absolute_path))
     return [f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in found]
 

@@ -17,6 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     pre = sub.add_parser("preprocess", help="preprocess vs decode floor vs MONAI chain")
     pre.add_argument("--data", type=Path, default=SHARED_BRATS, help="BraTS case folders")
     pre.add_argument("--workers", type=int, default=2)
+    pre.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
     pre.add_argument("--out", type=Path, default=Path("runs/bench/preprocess.json"))
     tr = sub.add_parser("train", help="train step vs pure forward+backward, and vs a MONAI loop")
     tr.add_argument("--data", type=Path, default=SHARED_BRATS, help="BraTS case folders (preprocessed at --spacing)")
@@ -59,7 +60,7 @@ def _preprocess(args) -> int:
     from brats_seg.bench.preprocess import bench_preprocess
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench_preprocess(_raw_manifest(args.data, Path(tmp), args.workers), args.workers, args.out)
+        bench_preprocess(_raw_manifest(args.data, Path(tmp), args.workers), args.workers, args.out, args.rounds)
     return 0
 
 

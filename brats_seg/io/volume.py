@@ -83,7 +83,8 @@ def _voxels(img, raw: bytes) -> np.ndarray:
     says so; nibabel's own reader copies the whole volume once more through a BytesIO."""
     hdr = img.header
     dtype, shape = hdr.get_data_dtype(), hdr.get_data_shape()
-    count, offset = int(np.prod(shape)), int(hdr.get_data_offset())
+    # nibabel's own offset: a vox_offset of 0 (common in BraTS files) means "right after the header"
+    count, offset = int(np.prod(shape)), int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     if offset < 352 or offset + count * dtype.itemsize > len(raw) or dtype.hasobject:  # 352: header + magic
         return np.asanyarray(img.dataobj)  # let nibabel raise (or cope) for odd files
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")

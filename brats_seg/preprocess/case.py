@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.errors import InputError
-from brats_seg.ingest.labels import to_canonical
+from brats_seg.ingest.labels import canonical_with_counts
 from brats_seg.io.geometry import Geometry
 from brats_seg.io.volume import read_volume_verified
 from brats_seg.manifest import atomic_path, resolve_inside
@@ -59,6 +59,7 @@ class PreparedCase:
     affine: np.ndarray
     norm: dict
     source: dict  # geometry, ornt, crop_box, cropped_shape
+    class_voxels: dict | None = None  # {"0".."3": voxels} of `labels`
 
 
 def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geometry, channels: list[str],
@@ -73,16 +74,21 @@ def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geome
     ornt = spatial.canonical_ornt(geom.affine_array)
     views = [spatial.reorient(spatial.crop(im, box), ornt) for im in images]
     image, norm = _normalise(views, channels, cfg.dtype)
-    labels = None
+    labels, class_voxels = None, None
     if seg is not None:  # canonical labels after cropping: a third of the voxels to map
-        labels = np.asfortranarray(to_canonical(spatial.reorient(spatial.crop(seg, box), ornt), label_convention))
+        labels, counts = canonical_with_counts(spatial.reorient(spatial.crop(seg, box), ornt), label_convention,
+                                               order="F")
+        class_voxels = {str(c): n for c, n in enumerate(counts)}
     affine = geom.affine_array @ spatial.translation([lo for lo, _ in box])
     affine = spatial.reoriented_affine(affine, ornt, cropped_file_shape)
     cropped_shape = tuple(int(n) for n in views[0].shape)
     image, labels, affine = _maybe_resample(image, labels, affine, cfg)
+    if labels is not None and cfg.spacing != "native":  # nearest resampling changes the counts
+        class_voxels = {str(c): int(np.count_nonzero(labels == c)) for c in range(1, 4)}
+        class_voxels = {"0": labels.size - sum(class_voxels.values()), **class_voxels}
     source = {"geometry": geom.to_dict(), "ornt": ornt.astype(int).tolist(),
               "crop_box": box, "cropped_shape": list(cropped_shape)}
-    return PreparedCase(image, labels, affine, norm, source)
+    return PreparedCase(image, labels, affine, norm, source, class_voxels)
 
 
 def preprocess_case(case: dict, root: Path, out_root: Path, cfg: PreprocessConfig) -> dict:
@@ -104,43 +110,50 @@ def preprocess_case(case: dict, root: Path, out_root: Path, cfg: PreprocessConfi
             | ({"seg": case["seg"]["sha256"]} if case.get("seg") else {}),
         },
     }
-    entry.update(_write_arrays(out_root, case["id"], image, prepared.labels))
+    entry.update(_write_arrays(out_root, case["id"], image, prepared.labels, prepared.class_voxels))
     return entry
 
 
 def _normalise(views: list[np.ndarray], channels: list[str], dtype: str) -> tuple[np.ndarray, dict]:
     """Z-score each channel over its nonzero (brain) voxels; background stays exactly 0.
 
-    Zeros add nothing to the sums, so the statistics need no masked copy of the brain voxels.
+    Zeros add nothing to the sums, so the statistics need no masked copy of the brain voxels;
+    only brain voxels are converted to the output dtype (float16 conversion is numpy's slowest step).
     """
     out = np.zeros(views[0].shape + (len(views),), dtype=dtype, order="F")
     norm = {}
     for c, (name, view) in enumerate(zip(channels, views)):
-        x = np.asfortranarray(view, dtype=np.float32)
-        flat = x.ravel(order="F")
-        count = int(np.count_nonzero(flat))
+        flat = np.asfortranarray(view, dtype=np.float32).reshape(-1, order="F")
+        brain = flat != 0
+        count = int(np.count_nonzero(brain))
         if count == 0:
             raise InputError(name, "channel is all zero inside the crop; expected brain signal")
-        mean = float(flat.sum(dtype=np.float64)) / count
-        rows = flat[: flat.size // 4096 * 4096].reshape(-1, 4096)
-        sumsq = float(np.einsum("ij,ij->i", rows, rows).sum(dtype=np.float64) + np.dot(flat[rows.size:], flat[rows.size:]))
-        std = float(np.sqrt(max(sumsq / count - mean * mean, 0.0)))
-        std = std if std > 1e-8 else 1.0
-        norm[name] = {"mean": mean, "std": std, **_percentiles(flat), "voxels": count}
-        mask = flat != 0
+        mean, std = _mean_std(flat, count)
+        norm[name] = {"mean": mean, "std": std, **_percentiles(view), "voxels": count}
         flat -= mean
         flat *= 1.0 / std
-        np.copyto(out[..., c].reshape(-1, order="F"), flat, where=mask, casting="same_kind")
+        np.copyto(out[..., c].reshape(-1, order="F"), flat, where=brain, casting="same_kind")
     return out, norm
 
 
-def _percentiles(flat: np.ndarray) -> dict:
-    """0.5 and 99.5 percentiles of the brain intensities, from a fixed random sample (cheap)."""
-    rng = np.random.default_rng(0)
-    sample = flat[rng.integers(0, flat.size, 4 * PERCENTILE_SAMPLE)]
+def _mean_std(flat: np.ndarray, count: int) -> tuple[float, float]:
+    """Mean and std over the `count` nonzero values of `flat` (float64 totals of float32 row sums)."""
+    rows = flat[: flat.size // 4096 * 4096].reshape(-1, 4096)
+    tail = flat[rows.size:].astype(np.float64)
+    total = float(rows.sum(axis=1).sum(dtype=np.float64) + tail.sum())
+    sumsq = float(np.einsum("ij,ij->i", rows, rows).sum(dtype=np.float64) + np.dot(tail, tail))
+    mean = total / count
+    std = float(np.sqrt(max(sumsq / count - mean * mean, 0.0)))
+    return mean, (std if std > 1e-8 else 1.0)
+
+
+def _percentiles(view: np.ndarray) -> dict:
+    """0.5 and 99.5 percentiles of the brain intensities, from an evenly strided sample (cheap)."""
+    step = max(1, round((view.size / (4 * PERCENTILE_SAMPLE)) ** (1 / 3)))
+    sample = np.asarray(view[::step, ::step, ::step], dtype=np.float32).ravel()
     sample = sample[sample != 0]
     if sample.size == 0:
-        sample = flat[flat != 0]
+        sample = np.asarray(view, dtype=np.float32)[np.asarray(view) != 0]
     lo, hi = np.percentile(sample, [0.5, 99.5])
     return {"p00_5": float(lo), "p99_5": float(hi)}
 
@@ -157,7 +170,8 @@ def _maybe_resample(image: np.ndarray, labels: np.ndarray | None, affine: np.nda
     return resampled, labels, spatial.resampled_affine(affine, image.shape[:3], shape)
 
 
-def _write_arrays(out_root: Path, case_id: str, image: np.ndarray, labels: np.ndarray | None) -> dict:
+def _write_arrays(out_root: Path, case_id: str, image: np.ndarray, labels: np.ndarray | None,
+                  class_voxels: dict | None) -> dict:
     folder = case_dir(out_root, case_id)
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob(".*.tmp*"):  # temp files of a killed earlier run
@@ -166,22 +180,38 @@ def _write_arrays(out_root: Path, case_id: str, image: np.ndarray, labels: np.nd
     if labels is not None:
         written["seg"] = _save(folder / "seg.npy", labels)
         written["fg"] = _save(folder / "fg.npy", _foreground_sample(labels, case_id))
-        written["class_voxels"] = {str(c): int(n) for c, n in enumerate(np.bincount(labels.ravel(order="K"), minlength=4))}
+        written["class_voxels"] = class_voxels
     rel = {k: f"cases/{case_id}/{k}.npy" for k in written if k != "class_voxels"}
     return {**rel, "sha256": {k: written[k] for k in rel}, "class_voxels": written.get("class_voxels"),
             "seg": rel.get("seg"), "fg": rel.get("fg")}
 
 
 def _save(path: Path, array: np.ndarray) -> str:
-    """np.save atomically, hashing the bytes as they are written (no read-back).
+    """np.save atomically, hashing the bytes as they are written (no read-back, no copy).
 
     No fsync: a rename is atomic against a killed process, and after a power loss the resume
     check re-hashes every output, so a lost array is redone rather than trusted.
     """
     with atomic_path(path, durable=False) as tmp, open(tmp, "wb") as raw:
         sink = _HashingWriter(raw)
-        np.lib.format.write_array(sink, array, allow_pickle=False)
+        body = _memory_order_bytes(array)
+        if body is None:
+            np.lib.format.write_array(sink, array, allow_pickle=False)
+        else:  # the same bytes np.save writes, straight from the array's memory
+            np.lib.format.write_array_header_1_0(sink, np.lib.format.header_data_from_array_1_0(array))
+            sink.write(body)
     return sink.hexdigest()
+
+
+def _memory_order_bytes(array: np.ndarray) -> memoryview | None:
+    """The array's bytes in the order .npy stores them (C, or F when Fortran-ordered), or None."""
+    if array.dtype.hasobject:
+        return None
+    if array.flags.c_contiguous:
+        return memoryview(array.reshape(-1)).cast("B")
+    if array.flags.f_contiguous:
+        return memoryview(array.T.reshape(-1)).cast("B")
+    return None
 
 
 class _HashingWriter:

@@ -12,15 +12,16 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from brats_seg.allocator import keep_freed_memory
 from brats_seg.errors import InputError, with_location
-from brats_seg.manifest import (atomic_write_json, load_manifest, manifest_root, resolve_inside, sha256_file,
-                                sha256_json)
+from brats_seg.manifest import (atomic_write_json, load_manifest, manifest_root, resolve_inside,
+                                sha256_file, sha256_json)
 from brats_seg.preprocess.case import PreprocessConfig, preprocess_case
 from brats_seg.preprocess.locks import exclusive_lock
 from brats_seg.preprocess.manifests import shard_manifest_path, write_stage_manifest
 from brats_seg.preprocess.store import case_dir
 
-ALGORITHM_VERSION = 1  # bump when the per-case output changes for the same config
+ALGORITHM_VERSION = 2  # bump when the per-case output changes for the same config (2: strided percentile sample)
 
 
 def config_hash(cfg: PreprocessConfig) -> str:
@@ -68,7 +69,8 @@ def _run_one(job: tuple[dict, Path, Path, PreprocessConfig, str]) -> tuple[str, 
     try:
         entry = preprocess_case(case, root, out_dir, cfg)
         entry["config_sha256"] = cfg_sha
-        atomic_write_json(case_dir(out_dir, case["id"]) / "entry.json", entry)
+        # not fsynced: after a power loss, resume re-hashes the outputs an entry lists anyway
+        atomic_write_json(case_dir(out_dir, case["id"]) / "entry.json", entry, durable=False)
     except InputError as err:
         return case["id"], None, err.line()
     except OSError as exc:  # disk full etc.: stop, naming the case folder that could not be written
@@ -80,6 +82,7 @@ def run_preprocess(raw_path: Path, out_dir: Path, cfg: PreprocessConfig, workers
                    shard: tuple[int, int] = (0, 1), force: bool = False) -> dict:
     """Preprocess this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path."""
     raw_path, out_dir = Path(raw_path), Path(out_dir)
+    keep_freed_memory()  # before the workers fork: a case's big buffers are reused, not page-faulted anew
     raw = load_manifest(raw_path, stage="raw")
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_sha = config_hash(cfg)

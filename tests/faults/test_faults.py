@@ -369,15 +369,20 @@ class _FullDisk:
 
 
 def _full_disk_preprocess(monkeypatch, fail_at: int) -> None:
-    disk, real = _FullDisk(fail_at), np.lib.format.write_array
+    """The fail_at-th array written fills the disk: a few bytes land in its temp file, then ENOSPC."""
+    from brats_seg.preprocess import case as case_module
 
-    def write_array(fp, array, *a, **k):
+    disk, real_init = _FullDisk(fail_at), case_module._HashingWriter.__init__
+
+    def init(self, raw):
+        real_init(self, raw)
         if disk.hit():
-            fp.write(b"\x93NUMPY partial")
-            raise disk.error(getattr(fp, "name", "array"))
-        return real(fp, array, *a, **k)
+            def write(data):
+                raw.write(b"\x93NUMPY partial")
+                raise disk.error(getattr(raw, "name", "array"))
+            self.write = write
 
-    monkeypatch.setattr(np.lib.format, "write_array", write_array)
+    monkeypatch.setattr(case_module._HashingWriter, "__init__", init)
 
 
 def _full_disk_predict(monkeypatch, fail_at: int) -> None:
