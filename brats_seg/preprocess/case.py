@@ -83,7 +83,7 @@ def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geome
     affine = spatial.reoriented_affine(affine, ornt, cropped_file_shape)
     cropped_shape = tuple(int(n) for n in views[0].shape)
     image, labels, affine = _maybe_resample(image, labels, affine, cfg)
-    if labels is not None and cfg.spacing != "native":  # nearest resampling changes the counts
+    if labels is not None and cfg.spacing != "native":  # resampling changes the counts
         class_voxels = {str(c): int(np.count_nonzero(labels == c)) for c in range(1, 4)}
         class_voxels = {"0": labels.size - sum(class_voxels.values()), **class_voxels}
     source = {"geometry": geom.to_dict(), "ornt": ornt.astype(int).tolist(),

@@ -4,11 +4,11 @@
     bookkeeping, the same functions the loop calls) against pure compute on one batch already
     on the device: forward+backward, and forward+backward+optimiser step. The difference is what
     data loading and bookkeeping add.
-(b) Samples per second of that step against a MONAI reference loop: same model, loss, optimiser
-    and step functions, batch and patch size, but MONAI's loading (LoadImaged of the whole
-    volume), RandCropByPosNegLabeld (1 positive : 2 negative, like our third of foreground
-    patches), RandFlipd/RandRotated/RandZoomd/intensity transforms and monai's DataLoader with the
-    same number of workers.
+(b) Samples per second of that step against MONAI reference loops: same model, loss, optimiser
+    and step functions, batch and patch size, but MONAI's transforms and DataLoader with the same
+    number of workers (see brats_seg/bench/monai_train.py): MONAI fed from our preprocessed
+    arrays, and MONAI's BraTS-tutorial pipeline that decodes and preprocesses the raw files for
+    every sample.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from brats_seg.train.config import Config3D, load_config
-from brats_seg.train.data3d import Dataset3D, open_dataset
+from brats_seg.bench.monai_train import monai_preprocessed_loader, monai_tutorial_loader
+from brats_seg.train.config import load_config
+from brats_seg.train.data3d import open_dataset
 from brats_seg.train.distributed import DistInfo, pick_device
 from brats_seg.train.loop import _after_step, _stop_reason
 from brats_seg.train.runtime import StopFlag
@@ -90,46 +91,8 @@ def _endless(loader) -> Any:
         yield from loader
 
 
-def monai_loader(data: Dataset3D, cfg: Config3D):
-    """The MONAI reference pipeline over the same training cases (whole volumes loaded per sample)."""
-    import numpy as np
-    from monai import transforms as T
-    from monai.data import DataLoader, Dataset
-
-    keys, patch = ["image", "label"], list(cfg.data.patch_size)
-    items = [{"image": str(data.root / c["image"]), "label": str(data.root / c["seg"])} for c in data.train]
-    chain = T.Compose([
-        T.LoadImaged(keys, reader="NumpyReader", image_only=True),
-        T.EnsureChannelFirstd("image", channel_dim=-1), T.EnsureChannelFirstd("label", channel_dim="no_channel"),
-        T.CastToTyped("image", dtype=np.float32),
-        T.SpatialPadd(keys, spatial_size=patch),
-        T.RandCropByPosNegLabeld(keys, "label", spatial_size=patch, pos=1, neg=2, num_samples=1),
-        T.RandRotated(keys, range_x=0.52, range_y=0.52, range_z=0.52, prob=0.2, mode=("bilinear", "nearest"),
-                      keep_size=True),
-        T.RandZoomd(keys, min_zoom=0.7, max_zoom=1.4, prob=0.2, mode=("trilinear", "nearest"), keep_size=True),
-        T.RandScaleIntensityd("image", factors=0.25, prob=0.15),
-        T.RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.3),
-        T.RandGaussianNoised("image", std=0.1, prob=0.1),
-        T.RandFlipd(keys, prob=0.5, spatial_axis=0), T.RandFlipd(keys, prob=0.5, spatial_axis=1),
-        T.RandFlipd(keys, prob=0.5, spatial_axis=2),
-        T.CastToTyped("label", dtype=np.uint8),
-        T.EnsureTyped(keys, track_meta=False),
-    ])
-    chain.set_random_state(seed=cfg.seed)
-    dataset = Dataset(items, transform=chain)
-    return DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=cfg.data.num_workers > 0,
-                      collate_fn=_collate_first_sample)
-
-
-def _collate_first_sample(samples: list) -> dict:
-    """RandCropByPosNegLabeld returns a list of crops per item; stack the (single) crops."""
-    flat = [s[0] if isinstance(s, list) else s for s in samples]
-    return {k: torch.stack([torch.as_tensor(s[k]) for s in flat]) for k in ("image", "label")}
-
-
 def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str] = (), steps: int = 4,
-                rounds: int = 3, monai_reference: bool = True) -> dict[str, Any]:
+                rounds: int = 3, monai_reference: bool = True, tutorial_reference: bool = True) -> dict[str, Any]:
     """Measure (a) and (b) above on one process; returns seconds per step and samples per second
     (medians over `rounds` x `steps` timed steps per contender)."""
     cfg = load_config(config, [*overrides, "data.fold=-1"])
@@ -148,10 +111,13 @@ def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str]
             "train_step_s": _loop_step(state, session, batches),
         }
         drains = {"train_step_s": _drain(batches, depth)}
-        if monai_reference:
-            reference = _endless(monai_loader(dataset, cfg))
-            contenders["monai_step_s"] = _loop_step(state, session, reference)
-            drains["monai_step_s"] = _drain(reference, depth)
+        references = {"monai_step_s": monai_preprocessed_loader if monai_reference else None,
+                      "monai_tutorial_step_s": monai_tutorial_loader if tutorial_reference else None}
+        for name, make_loader in references.items():
+            if make_loader is not None:
+                reference = _endless(make_loader(dataset, cfg))
+                contenders[name] = _loop_step(state, session, reference)
+                drains[name] = _drain(reference, depth)
         for fn in contenders.values():  # warm-up: allocator, kernel selection, worker start
             fn()
         result: dict[str, Any] = {
@@ -166,7 +132,8 @@ def _summarise(r: dict[str, Any], samples_per_step: int) -> dict[str, Any]:
     r["overhead_vs_fwd_bwd_opt"] = r["train_step_s"] / r["fwd_bwd_opt_s"] - 1.0
     r["overhead_vs_fwd_bwd"] = r["train_step_s"] / r["fwd_bwd_s"] - 1.0
     r["samples_per_s"] = samples_per_step / r["train_step_s"]
-    if "monai_step_s" in r:
-        r["monai_samples_per_s"] = samples_per_step / r["monai_step_s"]
-        r["speedup_vs_monai"] = r["samples_per_s"] / r["monai_samples_per_s"]
+    for prefix in ("monai", "monai_tutorial"):
+        if f"{prefix}_step_s" in r:
+            r[f"{prefix}_samples_per_s"] = samples_per_step / r[f"{prefix}_step_s"]
+            r[f"speedup_vs_{prefix}"] = r["samples_per_s"] / r[f"{prefix}_samples_per_s"]
     return r

@@ -1,0 +1,68 @@
+"""`bench train`'s MONAI references: they feed the same patches (shape, canonical labels) as our
+loader, the tutorial one from the raw files through the run's resampling; and a one-step bench
+reports every ratio."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brats_seg.bench.monai_train import monai_preprocessed_loader, monai_tutorial_loader
+from brats_seg.preprocess.case import PreprocessConfig
+from brats_seg.preprocess.stage import run_preprocess
+from brats_seg.train.config import load_config
+from brats_seg.train.data3d import open_dataset
+from tests.preprocess_fixtures import ingest_to
+from tests.train_fixtures import TINY
+
+OVERRIDES = [*TINY, "data.fold=-1", "data.patch_size=[8,8,8]"]
+
+
+@pytest.fixture(scope="module")
+def two_mm(tmp_path_factory) -> Path:
+    """Three 1 mm raw cases (LPS, labels 0/1/2/4) preprocessed at 2 mm."""
+    from tests.conftest import make_case
+
+    root = tmp_path_factory.mktemp("bench_train")
+    for i in range(3):
+        make_case(root / "data", f"Case_{i}", shape=(24, 20, 16), seed=i)
+    ingest_to([root / "data"], root / "raw.json")
+    run_preprocess(root / "raw.json", root / "pp", PreprocessConfig(spacing=(2.0, 2.0, 2.0)), workers=1)
+    return root / "pp" / "preprocessed.json"
+
+
+@pytest.mark.parametrize("make_loader", [monai_preprocessed_loader, monai_tutorial_loader])
+def test_references_yield_our_patch_shapes_and_canonical_labels(two_mm, make_loader):
+    cfg = load_config(None, OVERRIDES)
+    data = open_dataset(two_mm, cfg)
+    seen = set()
+    for _, batch in zip(range(4), make_loader(data, cfg)):
+        assert tuple(batch["image"].shape) == (2, 4, 8, 8, 8) and batch["image"].dtype == torch.float32
+        assert tuple(batch["label"].shape) == (2, 1, 8, 8, 8)
+        seen |= set(np.unique(batch["label"].numpy()).tolist())
+    assert seen <= {0, 1, 2, 3} and seen & {1, 2, 3}, seen  # 4 became 3; foreground patches occur
+
+
+def test_tutorial_reference_resamples_like_the_run(two_mm):
+    """The raw 24x20x16 mm volume at the run's 2 mm: the tutorial chain's image is the crop at 2 mm."""
+    from monai import transforms as T
+
+    cfg = load_config(None, OVERRIDES)
+    data = open_dataset(two_mm, cfg)
+    loader = monai_tutorial_loader(data, cfg)
+    chain = loader.dataset.transform
+    head = T.Compose(chain.transforms[:6])  # load .. normalise, before padding and cropping
+    item = head(loader.dataset.data[0])
+    stored = np.load(data.root / data.train[0]["image"], mmap_mode="r")
+    assert item["image"].shape[1:] == stored.shape[:3], (item["image"].shape, stored.shape)
+
+
+def test_one_step_bench_reports_both_references(two_mm):
+    from brats_seg.train.bench import bench_train
+
+    result = bench_train(two_mm, None, OVERRIDES, steps=1, rounds=1)
+    for key in ("train_step_s", "monai_step_s", "monai_tutorial_step_s"):
+        assert result[key] > 0, key
+    assert result["speedup_vs_monai"] > 0 and result["speedup_vs_monai_tutorial"] > 0
