@@ -2,7 +2,8 @@
 
 Both sides segment one case end to end (reading included) with cubic windows of the same size
 (128 by default), overlap 0.5, Gaussian blending and no TTA:
-- ours: `Segmenter.from_run` with the window forced to the benchmark size, `.predict(case_dir)`;
+- ours: `Segmenter.from_run` with the window forced to the benchmark size (and no grown windows,
+  so every window is window³ as on the reference side), `.predict(case_dir)`;
 - MONAI: LoadImaged -> EnsureChannelFirstd -> Orientationd(RAS) -> NormalizeIntensityd(nonzero,
   channel_wise) -> sliding_window_inference over the whole volume -> activation -> labels, turned
   back from RAS to the file's axes so both label maps sit on the same grid.
@@ -12,6 +13,7 @@ other's caches); one untimed warm-up run each, then timed runs alternate ours, M
 that load from other users of the machine hits both alike; medians are reported. The network's
 share of the machine is its FLOP/s (FlopCounterMode on a meta-device copy of the model, per window
 shape actually run, multiply-add = 2) over the best fp32 matmul FLOP/s measured in the same run.
+Afterwards, untimed: why the two label maps differ (see infer_checks.py).
 """
 from __future__ import annotations
 
@@ -132,14 +134,14 @@ def _with_cpu(run: Callable[[], dict]) -> Callable[[], dict]:
 
 
 def _ours_runner(model: Path, case: Path, window: int) -> Callable[[], dict]:
-    """Our predict with the window forced to window³, overlap 0.5, no TTA."""
+    """Our predict with every window window³ (grow off), overlap 0.5, no TTA."""
     import dataclasses
 
     from brats_seg.infer.segmenter import Segmenter
 
     loaded = Segmenter.from_run(model)
     spec = dataclasses.replace(loaded.spec, patch_size=(window,) * 3)
-    seg = Segmenter(loaded.model, spec, overlap=0.5, tta=False)
+    seg = Segmenter(loaded.model, spec, overlap=0.5, tta=False, grow=0.0)
     seen: Counter = Counter()
     seg._forward = _counting(seg._forward, seen)  # instance attribute: predict passes self._forward
 
@@ -336,8 +338,19 @@ def bench_infer(model: Path, case: Path, threads: int = 2, out: Path | None = Pa
     ras_shape = runs["monai"][-1]["ras_shape"]
     report["monai"].update(ras_shape=ras_shape, windows_expected=monai_window_count(ras_shape, (window,) * 3, 0.5))
     report.update(_compare(runs, report))
+    report["diagnosis"] = _diagnose(model, case, window, threads, runs)
     save_report(out, report, format_table(report))
     return report
+
+
+def _diagnose(model: Path, case: Path, window: int, threads: int, runs: dict[str, list[dict]]) -> dict:
+    from brats_seg.bench.infer_checks import diagnose
+    from brats_seg.infer.runs import checkpoint_file
+    from brats_seg.train.checkpoint import load_inference_model
+
+    _, meta = load_inference_model(checkpoint_file(Path(model)), "cpu")
+    return diagnose(model, case, window, threads, runs["ours"][-1]["labels"], runs["monai"][-1]["labels"],
+                    list(meta["channels"]))
 
 
 def _compare(runs: dict[str, list[dict]], report: dict) -> dict:
@@ -371,4 +384,18 @@ def format_table(report: dict) -> str:
         f"fp32 matmul peak {report['matmul_peak_gflops']:.1f} GFLOP/s; {w}³ windows, overlap 0.5, Gaussian, "
         f"no TTA; {report['threads']} threads; medians of {report['repeats']} alternating runs after a warm-up",
     ]
-    return table + "\n\n" + "\n".join(f"- {line}" for line in lines)
+    return table + "\n\n" + "\n".join(f"- {line}" for line in lines + _diagnosis_lines(report.get("diagnosis")))
+
+
+def _diagnosis_lines(diagnosis: dict | None) -> list[str]:
+    """Agreement over the same crop, and Dice against the truth per prediction (when known)."""
+    if not diagnosis:
+        return []
+    def fmt(scores: dict) -> str:
+        return ", ".join(f"{k} {scores[k]:.4f}" for k in ("WT", "TC", "ET", "mean"))
+    lines = [f"agreement with MONAI's sliding_window_inference over our crop (same windows domain): "
+             f"{fmt(diagnosis['agreement_same_crop'])}",
+             f"MONAI over our crop vs MONAI over the whole volume: {fmt(diagnosis['monai_crop_vs_monai_whole'])}"]
+    for name, scores in diagnosis.get("dice_vs_truth", {}).items():
+        lines.append(f"Dice against the case's label file, {name}: {fmt(scores)}")
+    return lines

@@ -110,6 +110,9 @@ def test_bench_infer_tiny_case_end_to_end(tmp_path, tiny_run):
     assert saved["ours"]["windows"] == _our_window_count(tiny_run, case, 24)
     assert set(saved["agreement"]) == {"WT", "TC", "ET", "mean"}
     assert all(0.0 <= v <= 1.0 for v in saved["agreement"].values())
+    diagnosis = saved["diagnosis"]  # an untrained net sits at 0.5 everywhere: only the shape is checked here
+    assert all(0.0 <= v <= 1.0 for v in diagnosis["agreement_same_crop"].values())
+    assert set(diagnosis["dice_vs_truth"]) == {"ours", "monai", "monai_same_crop"}  # synth cases have a label file
     assert report["ratio"] == pytest.approx(saved["ratio"])
 
 
@@ -132,6 +135,36 @@ def test_sides_agree_exactly_with_a_pointwise_model(tmp_path, affine_kind):
     assert ours.shape == reference.shape and len(np.unique(ours)) == 4  # every label present: a real check
     np.testing.assert_array_equal(ours, reference)
     assert region_agreement(ours, reference)["mean"] == 1.0
+
+
+def test_crop_reference_harness_is_exact_with_a_pointwise_model(tmp_path, monkeypatch):
+    """MONAI over our prepared crop, put back by our inverse: with no context, it equals our predict."""
+    from brats_seg.bench.infer_checks import crop_reference_labels, truth_labels
+    from brats_seg.infer.segmenter import Segmenter
+    from brats_seg.models.registry import create_model
+    from brats_seg.synth import synthesize_case
+    from brats_seg.train.checkpoint import save_best
+
+    case = synthesize_case("Point_0001", tmp_path, seed=2, shape=(48, 40, 32), affine_kind="oblique")
+    kwargs = {"in_channels": 4, "out_channels": 3, "features": [4, 8], "norm": "instance", "deep_supervision": False}
+    meta = {"model": "attention_unet3d", "model_kwargs": kwargs, "loss_mode": "regions", "patch_size": [16, 16, 16],
+            "channels": ["t1", "t1ce", "t2", "flair"], "spacing": [1.0, 1.0, 1.0],
+            "preprocess": {"spacing": "native", "dtype": "float16"}}
+    run = tmp_path / "run"
+    save_best(run, create_model("attention_unet3d", **kwargs).state_dict(), meta, {"val_dice_mean": 0.0})
+    seg = Segmenter.from_run(run)
+    net = torch.nn.Conv3d(4, 3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0, 0, 0, 3.0], [0, 2.0, 0, 0], [0, 3.0, 0, 0]]).reshape(3, 4, 1, 1, 1))
+        net.bias.copy_(torch.tensor([-2.0, -1.0, -3.0]))
+    seg.model = net
+    monkeypatch.setattr(Segmenter, "from_run", classmethod(lambda cls, path, **kw: seg))  # the pointwise net
+    ours = Segmenter(net, seg.spec, grow=0.0).predict(case).labels
+    crop = crop_reference_labels(run, case, 16, threads=1)
+    assert len(np.unique(ours)) == 4
+    np.testing.assert_array_equal(crop, ours)
+    truth = truth_labels(case, ["t1", "t1ce", "t2", "flair"])
+    assert truth is not None and truth.shape == ours.shape and truth.max() <= 3
 
 
 def _our_window_count(run, case, window: int) -> int:
