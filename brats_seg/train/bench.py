@@ -12,6 +12,9 @@
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -36,22 +39,39 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_blocks(fns: dict[str, Callable[[], Any]], drains: dict[str, Callable[[], Any]], rounds: int,
-                 block: int, device: torch.device) -> dict[str, float]:
+                 block: int, device: torch.device, loaders: dict[str, Any] | None = None) -> dict[str, float]:
     """Median seconds per call, measured in alternating blocks (A x block, B x block, ..., repeated
     `rounds` times) so that a busy neighbour hits every contender alike. Before each block a
     contender's drain() throws away what its loader prefetched while the others ran: the point is
-    the steady state, in which loading has to keep up with the steps."""
+    the steady state, in which loading has to keep up with the steps. The other contenders'
+    loader workers are paused (SIGSTOP) during a block, so their prefetching costs nobody else."""
+    loaders = loaders or {}
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            drains.get(name, lambda: None)()
-            for _ in range(block):
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
+    try:
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                for other, loader in loaders.items():
+                    _signal_workers(loader, signal.SIGCONT if other == name else signal.SIGSTOP)
+                drains.get(name, lambda: None)()
+                for _ in range(block):
+                    _sync(device)
+                    start = time.perf_counter()
+                    fn()
+                    _sync(device)
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        for loader in loaders.values():
+            _signal_workers(loader, signal.SIGCONT)
     return {name: float(sorted(t)[len(t) // 2]) for name, t in times.items()}
+
+
+def _signal_workers(loader: Any, sig: int) -> None:
+    """Send `sig` to a DataLoader's persistent worker processes (none when it has no live iterator)."""
+    iterator = getattr(loader, "_iterator", None)
+    for worker in getattr(iterator, "_workers", []) or []:
+        if worker.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, sig)
 
 
 def _drain(batches, count: int) -> Callable[[], None]:
@@ -111,11 +131,13 @@ def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str]
             "train_step_s": _loop_step(state, session, batches),
         }
         drains = {"train_step_s": _drain(batches, depth)}
+        loaders = {"train_step_s": session.loader}
         references = {"monai_step_s": monai_preprocessed_loader if monai_reference else None,
                       "monai_tutorial_step_s": monai_tutorial_loader if tutorial_reference else None}
         for name, make_loader in references.items():
             if make_loader is not None:
-                reference = _endless(make_loader(dataset, cfg))
+                loaders[name] = make_loader(dataset, cfg)
+                reference = _endless(loaders[name])
                 contenders[name] = _loop_step(state, session, reference)
                 drains[name] = _drain(reference, depth)
         for fn in contenders.values():  # warm-up: allocator, kernel selection, worker start
@@ -123,7 +145,7 @@ def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str]
         result: dict[str, Any] = {
             "device": str(info.device), "patch_size": list(cfg.data.patch_size), "batch_size": cfg.data.batch_size,
             "num_workers": cfg.data.num_workers, "model": cfg.model.name, "features": list(cfg.model.features),
-            "steps": steps * rounds, **_time_blocks(contenders, drains, rounds, steps, info.device),
+            "steps": steps * rounds, **_time_blocks(contenders, drains, rounds, steps, info.device, loaders),
         }
     return _summarise(result, cfg.data.batch_size * cfg.optim.grad_accum)
 

@@ -66,3 +66,34 @@ def test_one_step_bench_reports_both_references(two_mm):
     for key in ("train_step_s", "monai_step_s", "monai_tutorial_step_s"):
         assert result[key] > 0, key
     assert result["speedup_vs_monai"] > 0 and result["speedup_vs_monai_tutorial"] > 0
+
+
+def test_paused_loader_workers_stop_and_resume():
+    """A contender's loader workers are stopped while the others are timed, then resumed."""
+    import signal
+
+    from brats_seg.train.bench import _signal_workers
+
+    loader = torch.utils.data.DataLoader(list(range(8)), batch_size=2, num_workers=1, persistent_workers=True)
+    next(iter(loader))
+    (worker,) = loader._iterator._workers
+
+    def stopped(want: bool) -> bool:  # signals arrive asynchronously: poll for up to 5 s
+        import time
+
+        for _ in range(100):
+            state = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if (state in ("T", "t")) == want:
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        _signal_workers(loader, signal.SIGSTOP)
+        assert stopped(True)
+        _signal_workers(loader, signal.SIGCONT)
+        assert stopped(False)
+        assert len(list(loader)) == 4  # still works after the pause
+    finally:
+        _signal_workers(loader, signal.SIGCONT)
+    _signal_workers(torch.utils.data.DataLoader([1, 2]), signal.SIGSTOP)  # no workers: nothing to do
