@@ -76,21 +76,10 @@ def _train_yaml() -> str:
 
 
 def make_model_run(run_dir: Path, seed: int = 0) -> Path:
-    """RUN/checkpoints/best.pt for a tiny random Attention U-Net (as tests/integration/test_predict_batch)."""
-    import torch
+    """RUN/checkpoints/best.pt for a tiny random Attention U-Net."""
+    from tests.run_fixtures import make_tiny_run
 
-    from brats_seg.models.registry import create_model
-    from brats_seg.train.checkpoint import save_best
-
-    torch.manual_seed(seed)
-    kwargs = {"in_channels": 4, "out_channels": 3, "features": [4, 8, 16], "norm": "instance"}
-    model = create_model("attention_unet3d", **kwargs)
-    with torch.no_grad():  # a bias towards tumour so that masks are not empty
-        model.head.bias.copy_(torch.tensor([0.3, 0.0, -0.2]))
-    meta = {"model": "attention_unet3d", "model_kwargs": kwargs, "loss_mode": "regions", "patch_size": [16, 16, 16],
-            "channels": list(CHANNELS), "spacing": [1.0, 1.0, 1.0], "preprocess": {"spacing": "native"}}
-    save_best(run_dir, model.state_dict(), meta, {"val_dice_mean": 0.5})
-    return Path(run_dir)
+    return make_tiny_run(run_dir, seed)
 
 
 def copy_workspace(base: Path, dest: Path) -> Path:

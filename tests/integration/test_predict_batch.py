@@ -12,24 +12,10 @@ import torch
 from brats_seg.infer.segmenter import Segmenter
 from brats_seg.ingest import ingest
 from brats_seg.manifest import load_manifest, sha256_file
+from tests.run_fixtures import make_tiny_run as make_run
 
 torch.set_num_threads(1)
 CHANNELS = ["t1", "t1ce", "t2", "flair"]
-
-
-def make_run(run_dir: Path, seed: int = 0, spacing="native") -> Path:
-    """A run folder holding best.pt for a tiny random Attention U-Net, as training writes it."""
-    from brats_seg.models.registry import create_model
-    from brats_seg.train.checkpoint import save_best
-
-    torch.manual_seed(seed)
-    kwargs = {"in_channels": 4, "out_channels": 3, "features": [4, 8, 16], "norm": "instance"}
-    model = create_model("attention_unet3d", **kwargs)
-    with torch.no_grad():  # a bias towards tumour so that masks are not empty
-        model.head.bias.copy_(torch.tensor([0.3, 0.0, -0.2]))
-    meta = {"model": "attention_unet3d", "model_kwargs": kwargs, "loss_mode": "regions", "patch_size": [16, 16, 16],
-            "channels": CHANNELS, "spacing": [1.0, 1.0, 1.0], "preprocess": {"spacing": spacing}}
-    return save_best(run_dir, model.state_dict(), meta, {"val_dice_mean": 0.5}).parent.parent
 
 
 @pytest.fixture(scope="module")

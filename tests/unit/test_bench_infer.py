@@ -79,18 +79,9 @@ def test_window_gflop_counts_the_network(tiny_run):
 @pytest.fixture
 def tiny_run(tmp_path):
     """A run dir whose best.pt holds an untrained attention U-Net with features (4, 8, 16)."""
-    from brats_seg.models.registry import create_model
-    from brats_seg.train.checkpoint import save_best
+    from tests.run_fixtures import make_tiny_run
 
-    torch.manual_seed(0)
-    kwargs = {"in_channels": 4, "out_channels": 3, "features": [4, 8, 16], "norm": "instance",
-              "deep_supervision": False}
-    meta = {"model": "attention_unet3d", "model_kwargs": kwargs, "loss_mode": "regions", "patch_size": [16, 16, 16],
-            "channels": ["t1", "t1ce", "t2", "flair"], "spacing": [1.0, 1.0, 1.0],
-            "preprocess": {"spacing": "native", "dtype": "float16"}}
-    run = tmp_path / "run"
-    save_best(run, create_model("attention_unet3d", **kwargs).state_dict(), meta, {"val_dice_mean": 0.0})
-    return run
+    return make_tiny_run(tmp_path / "run", tumour_bias=False, deep_supervision=False)
 
 
 def test_bench_infer_tiny_case_end_to_end(tmp_path, tiny_run):
@@ -125,10 +116,7 @@ def test_sides_agree_exactly_with_a_pointwise_model(tmp_path, affine_kind):
     from brats_seg.synth import synthesize_case
 
     case = synthesize_case("Point_0000", tmp_path, seed=1, shape=(48, 40, 32), affine_kind=affine_kind)
-    net = torch.nn.Conv3d(4, 3, 1)
-    with torch.no_grad():  # WT from FLAIR, TC and ET from T1ce; background (all-zero input) stays 0
-        net.weight.copy_(torch.tensor([[0, 0, 0, 3.0], [0, 2.0, 0, 0], [0, 3.0, 0, 0]]).reshape(3, 4, 1, 1, 1))
-        net.bias.copy_(torch.tensor([-2.0, -1.0, -3.0]))
+    net = _pointwise_net()
     spec = ModelSpec("regions", ("t1", "t1ce", "t2", "flair"), (16, 16, 16))
     ours = Segmenter(net, spec).predict(case).labels
     reference, _ = monai_predict(case_files(case, spec.channels), monai_chain(), net, 16, "regions")
@@ -137,34 +125,32 @@ def test_sides_agree_exactly_with_a_pointwise_model(tmp_path, affine_kind):
     assert region_agreement(ours, reference)["mean"] == 1.0
 
 
-def test_crop_reference_harness_is_exact_with_a_pointwise_model(tmp_path, monkeypatch):
+def test_crop_reference_harness_is_exact_with_a_pointwise_model(tmp_path, tiny_run, monkeypatch):
     """MONAI over our prepared crop, put back by our inverse: with no context, it equals our predict."""
     from brats_seg.bench.infer_checks import crop_reference_labels, truth_labels
     from brats_seg.infer.segmenter import Segmenter
-    from brats_seg.models.registry import create_model
     from brats_seg.synth import synthesize_case
-    from brats_seg.train.checkpoint import save_best
 
     case = synthesize_case("Point_0001", tmp_path, seed=2, shape=(48, 40, 32), affine_kind="oblique")
-    kwargs = {"in_channels": 4, "out_channels": 3, "features": [4, 8], "norm": "instance", "deep_supervision": False}
-    meta = {"model": "attention_unet3d", "model_kwargs": kwargs, "loss_mode": "regions", "patch_size": [16, 16, 16],
-            "channels": ["t1", "t1ce", "t2", "flair"], "spacing": [1.0, 1.0, 1.0],
-            "preprocess": {"spacing": "native", "dtype": "float16"}}
-    run = tmp_path / "run"
-    save_best(run, create_model("attention_unet3d", **kwargs).state_dict(), meta, {"val_dice_mean": 0.0})
-    seg = Segmenter.from_run(run)
-    net = torch.nn.Conv3d(4, 3, 1)
-    with torch.no_grad():
-        net.weight.copy_(torch.tensor([[0, 0, 0, 3.0], [0, 2.0, 0, 0], [0, 3.0, 0, 0]]).reshape(3, 4, 1, 1, 1))
-        net.bias.copy_(torch.tensor([-2.0, -1.0, -3.0]))
+    seg = Segmenter.from_run(tiny_run)
+    net = _pointwise_net()
     seg.model = net
     monkeypatch.setattr(Segmenter, "from_run", classmethod(lambda cls, path, **kw: seg))  # the pointwise net
     ours = Segmenter(net, seg.spec, grow=0.0).predict(case).labels
-    crop = crop_reference_labels(run, case, 16, threads=1)
+    crop = crop_reference_labels(tiny_run, case, 16, threads=1)
     assert len(np.unique(ours)) == 4
     np.testing.assert_array_equal(crop, ours)
     truth = truth_labels(case, ["t1", "t1ce", "t2", "flair"])
     assert truth is not None and truth.shape == ours.shape and truth.max() <= 3
+
+
+def _pointwise_net() -> torch.nn.Module:
+    """A 1x1x1 network: WT from FLAIR, TC and ET from T1ce; background (all-zero input) stays 0."""
+    net = torch.nn.Conv3d(4, 3, 1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0, 0, 0, 3.0], [0, 2.0, 0, 0], [0, 3.0, 0, 0]]).reshape(3, 4, 1, 1, 1))
+        net.bias.copy_(torch.tensor([-2.0, -1.0, -3.0]))
+    return net
 
 
 def _our_window_count(run, case, window: int) -> int:
