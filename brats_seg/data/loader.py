@@ -32,12 +32,13 @@ class PatchDataset(Dataset):
     """Patches with foreground oversampling and augmentation; item = {'image', 'label', 'case', 'fg_class'}."""
 
     def __init__(self, root: Path, entries: list[dict], patch_size: tuple[int, int, int],
-                 fg_fraction: float, augment: AugmentConfig | None, seed: int, world_size: int = 1) -> None:
+                 fg_fraction: float, augment: AugmentConfig | None, seed: int, world_size: int = 1,
+                 outside: float = 0.0) -> None:
         if not entries:
             raise ValueError("PatchDataset needs at least one case")
         self.cases = CaseCache(root, entries)
         self.patch, self.fg_fraction, self.augment = tuple(patch_size), fg_fraction, augment
-        self.seed, self.world_size = seed, world_size
+        self.seed, self.world_size, self.outside = seed, world_size, outside
         self._perm_key: tuple[int, int] | None = None
         self._perm = np.arange(len(entries))
 
@@ -58,7 +59,8 @@ class PatchDataset(Dataset):
         epoch, rank, index = key
         rng = sample_rng(self.seed, epoch, rank, index)
         case = self.cases.get(self.case_index(epoch, rank, index))
-        centre, fg_class = choose_centre(case, self.patch, is_forced_foreground(index, self.fg_fraction), rng)
+        centre, fg_class = choose_centre(case, self.patch, is_forced_foreground(index, self.fg_fraction), rng,
+                                         self.outside)
         matrix = draw_spatial(rng, self.augment) if self.augment else None
         if matrix is None:
             image, label = crop_patch(case, centre, self.patch)

@@ -69,11 +69,14 @@ def is_forced_foreground(index: int, fraction: float) -> bool:
 
 
 def choose_centre(case: CaseArrays, patch: tuple[int, int, int], forced_fg: bool,
-                  rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                  rng: np.random.Generator, outside: float = 0.0) -> tuple[np.ndarray, int]:
     """(centre voxel, class it was drawn from; 0 = a random location).
 
     Random patches lie inside the volume where the volume is large enough (and the volume inside
-    the patch where it is not); forced patches are centred on a voxel of a random present class.
+    the patch where it is not), give or take `outside` x the patch size per axis: stored volumes
+    are cropped to the brain, and patches that reach into the zero background beyond the crop
+    teach the network the background-heavy windows that tiling a whole scan produces (as
+    nnU-Net's sampler does). Forced patches are centred on a voxel of a random present class.
     """
     if forced_fg and case.fg:
         classes = sorted(case.fg)
@@ -82,7 +85,8 @@ def choose_centre(case: CaseArrays, patch: tuple[int, int, int], forced_fg: bool
         return voxels[int(rng.integers(len(voxels)))].astype(np.int64), cls
     centre = np.empty(3, np.int64)
     for axis, (size, p) in enumerate(zip(case.shape, patch)):
-        lo = int(rng.integers(min(0, size - p), max(0, size - p) + 1))
+        margin = int(round(outside * p))
+        lo = int(rng.integers(min(0, size - p) - margin, max(0, size - p) + margin + 1))
         centre[axis] = lo + p // 2
     return centre, 0
 

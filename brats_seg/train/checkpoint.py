@@ -167,3 +167,25 @@ def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tupl
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise InputError(path, f"is not a usable model checkpoint ({type(exc).__name__}: {first})")
     return model.to(device).eval(), meta
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
+    """Start a run from another run's weights (fine-tuning): the checkpoint must hold the same
+    architecture (model name and arguments); only the weights are taken, not the optimiser or
+    the progress, so the new run has its own schedule. Returns the file used."""
+    path = model_checkpoint(path)
+    try:
+        payload = _read(path)
+        theirs = payload["meta"]
+        weights = payload["model"]
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")
+    def architecture(m: dict) -> tuple:  # dropout changes no weight
+        kwargs = {k: v for k, v in (m.get("model_kwargs") or {}).items() if k != "dropout"}
+        return m.get("model"), kwargs
+
+    if architecture(theirs) != architecture(meta):
+        raise InputError(path, f"holds a different model ({architecture(theirs)}, this run "
+                               f"{architecture(meta)}); model.init_from needs the same architecture")
+    model.load_state_dict(weights)
+    return path

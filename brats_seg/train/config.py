@@ -23,6 +23,7 @@ class ModelConfig:
     deep_supervision: bool = True
     dropout: float = 0.0
     upsample: Literal["transpose", "trilinear"] = "transpose"
+    init_from: str = ""  # a run dir or checkpoint whose weights start this run (fine-tuning)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DataConfig:
     num_workers: int = 4
     folds: int = 5
     fold: int = 0  # -1: every case trains, no validation
+    outside: float = 0.0  # random patches may reach this fraction of the patch past the crop (<= 0.5)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False
     compile: bool = False
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # see runtime.memory_format
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Config3D:
 RUN_CONTROL_KEYS = (
     "train.time_budget_s", "train.checkpoint_every_steps", "train.log_every_steps",
     "train.progress", "data.num_workers", "distributed.timeout_s", "validation.sw_batch_size",
+    "train.memory_format",  # a layout: the same model, though not bitwise the same float rounding
 )
 
 
@@ -171,6 +175,7 @@ def check_config(cfg: Config3D) -> None:
              f"{factor} for a model with {len(cfg.model.features)} levels")
     _require(d.batch_size >= 1, "data.batch_size", f"got {d.batch_size}; expected >= 1")
     _require(0.0 <= d.fg_fraction <= 1.0, "data.fg_fraction", f"got {d.fg_fraction}; expected 0..1")
+    _require(0.0 <= d.outside <= 0.5, "data.outside", f"got {d.outside}; expected 0..0.5")
     _require(d.num_workers >= 0, "data.num_workers", f"got {d.num_workers}; expected >= 0")
     _require(d.folds >= 2, "data.folds", f"got {d.folds}; expected >= 2")
     _require(-1 <= d.fold < d.folds, "data.fold", f"got {d.fold}; expected -1 (no validation) or 0..{d.folds - 1}")

@@ -89,7 +89,8 @@ def samples_per_epoch(cfg: Config3D) -> int:
 def build_loader(data: Dataset3D, cfg: Config3D, rank: int, world_size: int,
                  device: torch.device) -> tuple[torch.utils.data.DataLoader, StreamSampler]:
     dataset = PatchDataset(data.root, data.train, cfg.data.patch_size, cfg.data.fg_fraction,
-                           cfg.augment if cfg.augment.enabled else None, cfg.seed, world_size)
+                           cfg.augment if cfg.augment.enabled else None, cfg.seed, world_size,
+                           outside=cfg.data.outside)
     sampler = StreamSampler(samples_per_epoch(cfg), rank)
     loader = make_loader(dataset, sampler, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, rank,
                          pin_memory=device.type == "cuda")

@@ -49,6 +49,15 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
+def memory_format(setting: str, device: torch.device) -> torch.memory_format:
+    """Layout of a 3D model's weights and inputs: 'auto' is channels-last on CPU, where oneDNN's
+    NDHWC convolutions made a CPU-recipe training step 1.6x faster than NCDHW (measured on 2
+    cores, 64^3 patches), and the default layout on CUDA, where it is not measured."""
+    if setting == "channels_last" or (setting == "auto" and device.type == "cpu"):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:
     """A zero-argument context factory: autocast when dtype is set, else a no-op."""
     if dtype is None:

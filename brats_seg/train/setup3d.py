@@ -19,7 +19,8 @@ from brats_seg.train.data3d import Dataset3D, build_loader, model_meta
 from brats_seg.train.distributed import DistInfo
 from brats_seg.train.logging import MetricsLogger
 from brats_seg.train.run_info import load_run_info, new_run_info, now, write_run_info
-from brats_seg.train.runtime import StopFlag, amp_dtype, autocast_factory, configure_runtime, make_scaler, seed_all
+from brats_seg.train.runtime import (StopFlag, amp_dtype, autocast_factory, configure_runtime, make_scaler,
+                                     memory_format, seed_all)
 from brats_seg.train.schedule import LRSchedule, build_optimizer
 from brats_seg.train.state import TrainState, restore_from
 
@@ -61,9 +62,13 @@ def build_state(cfg: Config3D, data: Dataset3D, info: DistInfo, run_dir: Path) -
     seed_all(cfg.seed)
     meta = model_meta(cfg, data)
     try:
-        model = create_model(meta["model"], **meta["model_kwargs"]).to(info.device)
+        model = create_model(meta["model"], **meta["model_kwargs"])
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError("model", str(exc).strip("'\""))
+    if cfg.model.init_from:
+        ckpt.load_initial_weights(model, Path(cfg.model.init_from), meta)
+    layout = memory_format(cfg.train.memory_format, info.device)
+    model = model.to(info.device, memory_format=layout)
     seed_all(cfg.seed + 7919 * (info.rank + 1))  # ranks draw different dropout masks
     dtype = amp_dtype(cfg.train.amp, info.device)
     ddp = _wrap_ddp(model, info)
@@ -72,7 +77,7 @@ def build_state(cfg: Config3D, data: Dataset3D, info: DistInfo, run_dir: Path) -
     loss_fn = build_loss(cfg.loss.mode, cfg.loss.dice_weight, cfg.loss.ce_weight, batch_dice=cfg.loss.batch_dice)
     return TrainState(model, train_model, optimizer, LRSchedule(optimizer, cfg.schedule, total_steps(cfg.train)),
                       make_scaler(info.device, dtype), loss_fn, autocast_factory(info.device, dtype), info,
-                      Path(run_dir), config_hash(cfg), data.fingerprint, meta, ddp=ddp)
+                      Path(run_dir), config_hash(cfg), data.fingerprint, meta, ddp=ddp, memory_format=layout)
 
 
 def _wrap_ddp(model: torch.nn.Module, info: DistInfo):

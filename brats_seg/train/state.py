@@ -59,6 +59,7 @@ class TrainState:
     meta: dict[str, Any]
     progress: Progress = field(default_factory=Progress)
     ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, for no_sync()
+    memory_format: torch.memory_format = torch.preserve_format  # of the weights; inputs follow it
 
 
 def checkpoint_payload(state: TrainState, extra: dict[str, Any] | None = None) -> dict[str, Any]:

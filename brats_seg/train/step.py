@@ -20,7 +20,7 @@ def train_step(state, micro_batches: list[dict]) -> float:
     device, n = state.info.device, len(micro_batches)
     total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
-        image = batch["image"].to(device, non_blocking=True)
+        image = batch["image"].to(device, non_blocking=True, memory_format=state.memory_format)
         label = batch["label"].to(device, non_blocking=True)
         sync = state.ddp.no_sync() if (state.ddp is not None and i < n - 1) else contextlib.nullcontext()
         with sync:

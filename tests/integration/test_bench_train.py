@@ -66,6 +66,10 @@ def test_one_step_bench_reports_both_references(two_mm):
     for key in ("train_step_s", "monai_step_s", "monai_tutorial_step_s"):
         assert result[key] > 0, key
     assert result["speedup_vs_monai"] > 0 and result["speedup_vs_monai_tutorial"] > 0
+    assert result["reference_fwd_bwd_s"] > 0 and result["layout_speedup"] > 0
+    from brats_seg.bench.train import format_table
+
+    assert "default layout" in format_table(result)
 
 
 def test_paused_loader_workers_stop_and_resume():

@@ -61,6 +61,38 @@ def test_seeded_runs_are_identical(data, tmp_path):
     _assert_same_weights(_latest(tmp_path / "a")["model"], _latest(tmp_path / "b")["model"])
 
 
+def test_channels_last_layout_trains_the_same_model(data, tmp_path):
+    """'auto' on CPU trains in channels-last (the faster layout there); the numbers match the
+    default layout up to float rounding, and the checkpoint loads into a plain model."""
+    steps = ["train.max_steps=3", "train.steps_per_epoch=3", "data.fold=-1"]
+    assert _train(data, tmp_path / "auto", *steps) == 0
+    assert _train(data, tmp_path / "plain", *steps, "train.memory_format=contiguous") == 0
+    auto, plain = _latest(tmp_path / "auto")["model"], _latest(tmp_path / "plain")["model"]
+    conv = next(k for k, v in auto.items() if v.ndim == 5)
+    assert auto[conv].is_contiguous(memory_format=torch.channels_last_3d)
+    assert not auto[conv].is_contiguous() and plain[conv].is_contiguous()
+    assert _losses(tmp_path / "auto") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-4)
+    for k in auto:
+        assert torch.allclose(auto[k], plain[k], atol=1e-4), k
+
+
+def test_init_from_starts_with_the_other_runs_weights(data, tmp_path):
+    steps = ["train.max_steps=2", "train.steps_per_epoch=2", "data.fold=-1"]
+    assert _train(data, tmp_path / "source", *steps) == 0
+    source = _latest(tmp_path / "source")["model"]
+    tiny_lr = ["optim.lr=1e-12", "optim.weight_decay=0.0"]  # the weights barely move from where they start
+    assert _train(data, tmp_path / "tuned", *steps, *tiny_lr, f"model.init_from={tmp_path / 'source'}") == 0
+    tuned = _latest(tmp_path / "tuned")["model"]
+    assert all(torch.allclose(source[k], tuned[k], atol=1e-8) for k in source)
+    assert _train(data, tmp_path / "fresh", *steps, *tiny_lr) == 0
+    assert not torch.allclose(source["head.weight"], _latest(tmp_path / "fresh")["model"]["head.weight"], atol=1e-3)
+    with pytest.raises(InputError, match="different model"):
+        _train(data, tmp_path / "wider", *steps, "model.features=[4,8,32]",
+               f"model.init_from={tmp_path / 'source'}")
+    with pytest.raises(InputError, match="checkpoint not found"):
+        _train(data, tmp_path / "none", *steps, f"model.init_from={tmp_path / 'missing'}")
+
+
 def test_exact_resume_after_sigkill(data, tmp_path):
     """6 steps straight == 3 steps, SIGKILL, --resume to 6: bitwise-identical weights and optimiser."""
     steps = ["train.max_steps=6", "train.steps_per_epoch=4", "train.epochs=2",

@@ -64,6 +64,23 @@ def test_padding_when_volume_is_smaller(tmp_path):
     assert np.count_nonzero(img[:, :3]) == 0 and lab.shape == PATCH
 
 
+def test_outside_lets_random_patches_reach_past_the_crop(tmp_path):
+    """outside=0.25 (of a 16-voxel patch): random patch starts spread over [-4, size-16+4] per axis,
+    reaching both ends; outside=0 keeps them inside, and forced patches are unaffected."""
+    from brats_seg.data.patches import choose_centre
+
+    path = make_dataset(tmp_path, n_cases=1, shape=(32, 32, 32), radius=3.0)
+    case = open_case(tmp_path, _entries(path)[0])
+    rng = np.random.default_rng(0)
+    starts = np.array([choose_centre(case, PATCH, False, rng, outside=0.25)[0] - 8 for _ in range(2000)])
+    assert starts.min() == -4 and starts.max() == 32 - 16 + 4
+    assert (starts < 0).any(axis=1).mean() > 0.3  # reaching out is common, not a corner case
+    inside = np.array([choose_centre(case, PATCH, False, rng)[0] - 8 for _ in range(500)])
+    assert inside.min() == 0 and inside.max() == 16
+    ds = PatchDataset(tmp_path, _entries(path), PATCH, 1.0, None, seed=0, outside=0.25)
+    assert all(ds[(0, 0, i)]["fg_class"] > 0 for i in range(20))
+
+
 def test_read_region_matches_padded_reference():
     arr = np.arange(2 * 5 * 6 * 7, dtype=np.float32).reshape(2, 5, 6, 7)
     padded = np.pad(arr, ((0, 0), (12, 12), (12, 12), (12, 12)))

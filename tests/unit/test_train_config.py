@@ -54,6 +54,8 @@ def test_yaml_and_overrides(tmp_path):
     ("optim=3", "optim"),
     ("optim.lr", "optim.lr"),
     ("data.fold=7", "data.fold"),
+    ("data.outside=0.75", "data.outside"),
+    ("train.memory_format=nhwc", "train.memory_format"),
 ])
 def test_bad_overrides_are_input_errors(override, where):
     with pytest.raises(InputError) as err:
@@ -76,7 +78,8 @@ def test_unknown_key_lists_valid_keys(tmp_path):
 
 def test_config_hash_ignores_run_control_only():
     base = config_hash(Config3D())
-    assert config_hash(load_config(None, ["train.time_budget_s=60", "data.num_workers=0"])) == base
+    assert config_hash(load_config(None, ["train.time_budget_s=60", "data.num_workers=0",
+                                          "train.memory_format=contiguous"])) == base
     assert config_hash(load_config(None, ["optim.lr=0.02"])) != base
     assert config_hash(load_config(None, ["data.fold=1"])) != base
 
