@@ -42,7 +42,7 @@ class DataConfig:
     num_workers: int = 4
     folds: int = 5
     fold: int = 0  # -1: every case trains, no validation
-    outside: float = 0.0  # random patches may reach this fraction of the patch past the crop (<= 0.5)
+    outside: float = 0.5  # random patches may reach this fraction of the patch past the crop (<= 0.5)
 
 
 @dataclass
