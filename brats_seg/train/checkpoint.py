@@ -180,6 +180,7 @@ def load_initial_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any
         weights = payload["model"]
     except Exception as exc:
         raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")
+
     def architecture(m: dict) -> tuple:  # dropout changes no weight
         kwargs = {k: v for k, v in (m.get("model_kwargs") or {}).items() if k != "dropout"}
         return m.get("model"), kwargs
