@@ -345,12 +345,8 @@ def bench_infer(model: Path, case: Path, threads: int = 2, out: Path | None = Pa
 
 def _diagnose(model: Path, case: Path, window: int, threads: int, runs: dict[str, list[dict]]) -> dict:
     from brats_seg.bench.infer_checks import diagnose
-    from brats_seg.infer.runs import checkpoint_file
-    from brats_seg.train.checkpoint import load_inference_model
 
-    _, meta = load_inference_model(checkpoint_file(Path(model)), "cpu")
-    return diagnose(model, case, window, threads, runs["ours"][-1]["labels"], runs["monai"][-1]["labels"],
-                    list(meta["channels"]))
+    return diagnose(model, case, window, threads, runs["ours"][-1]["labels"], runs["monai"][-1]["labels"])
 
 
 def _compare(runs: dict[str, list[dict]], report: dict) -> dict:

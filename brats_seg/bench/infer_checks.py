@@ -20,13 +20,18 @@ import torch
 def crop_reference_labels(model: Path, case: Path, window: int, threads: int) -> np.ndarray:
     """MONAI's sliding_window_inference (Gaussian, overlap 0.5) over our in-memory preprocessing of
     the case, put back on the file grid by our inverse: canonical uint8 labels."""
+    from brats_seg.infer.segmenter import Segmenter
+
+    torch.set_num_threads(threads)
+    return _crop_labels(Segmenter.from_run(model), case, window)
+
+
+def _crop_labels(loaded, case: Path, window: int) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
     from brats_seg.infer.prepare import prepare
     from brats_seg.infer.segmenter import Segmenter
 
-    torch.set_num_threads(threads)
-    loaded = Segmenter.from_run(model)
     seg = Segmenter(loaded.model, dataclasses.replace(loaded.spec, patch_size=(window,) * 3), overlap=0.5)
     image, entry = prepare(seg._resolve(case, None), seg.spec.spacing)
     volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
@@ -51,16 +56,18 @@ def truth_labels(case: Path, channels: list[str]) -> np.ndarray | None:
     return to_canonical(read_volume(specs[0].segs[0])[0], convention)
 
 
-def diagnose(model: Path, case: Path, window: int, threads: int, ours: np.ndarray, monai: np.ndarray,
-             channels: list[str]) -> dict:
+def diagnose(model: Path, case: Path, window: int, threads: int, ours: np.ndarray, monai: np.ndarray) -> dict:
     """Agreement of ours with MONAI over our crop, and every prediction's Dice against the truth."""
     from brats_seg.bench.infer import region_agreement
+    from brats_seg.infer.segmenter import Segmenter
     from brats_seg.metrics import dice_per_region, mean_dice
 
-    crop = crop_reference_labels(model, case, window, threads)
+    torch.set_num_threads(threads)
+    loaded = Segmenter.from_run(model)  # once: its weights for the crop run, its channels for the truth
+    crop = _crop_labels(loaded, case, window)
     out: dict = {"agreement_same_crop": region_agreement(ours, crop),
                  "monai_crop_vs_monai_whole": region_agreement(crop, monai)}
-    truth = truth_labels(case, channels)
+    truth = truth_labels(case, list(loaded.spec.channels))
     if truth is not None:
         out["dice_vs_truth"] = {}
         for name, labels in (("ours", ours), ("monai", monai), ("monai_same_crop", crop)):

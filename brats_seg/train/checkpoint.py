@@ -155,10 +155,7 @@ def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tupl
     from brats_seg.models.registry import create_model
 
     path = model_checkpoint(path)
-    try:
-        payload = _read(path)
-    except Exception as exc:
-        raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")
+    payload = _read_or_input_error(path)
     try:
         meta = payload["meta"]
         model = create_model(meta["model"], **meta["model_kwargs"])
@@ -174,12 +171,8 @@ def load_initial_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any
     architecture (model name and arguments); only the weights are taken, not the optimiser or
     the progress, so the new run has its own schedule. Returns the file used."""
     path = model_checkpoint(path)
-    try:
-        payload = _read(path)
-        theirs = payload["meta"]
-        weights = payload["model"]
-    except Exception as exc:
-        raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")
+    payload = _read_or_input_error(path)
+    theirs, weights = payload.get("meta") or {}, payload.get("model") or {}
 
     def architecture(m: dict) -> tuple:  # dropout changes no weight
         kwargs = {k: v for k, v in (m.get("model_kwargs") or {}).items() if k != "dropout"}
@@ -190,3 +183,10 @@ def load_initial_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any
                                f"{architecture(meta)}); model.init_from needs the same architecture")
     model.load_state_dict(weights)
     return path
+
+
+def _read_or_input_error(path: Path) -> dict[str, Any]:
+    try:
+        return _read(path)
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")
