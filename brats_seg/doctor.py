@@ -11,7 +11,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 def environment() -> list[tuple[str, str]]:
     import torch
 
-    from brats_seg.train.run_info import versions
+    from brats_seg.engine.run_info import versions
 
     lines = [(k, v) for k, v in versions().items()]
     lines += [("cpu cores", str(os.cpu_count())), ("torch threads", str(torch.get_num_threads()))]
@@ -31,8 +31,8 @@ def check_install(lines: list) -> list[str]:
     from brats_seg.models.registry import _BUILTIN
 
     problems = []
-    for module in ("brats_seg.ingest", "brats_seg.preprocess.stage", "brats_seg.train.loop", "brats_seg.infer.segmenter",
-                   "brats_seg.evaluate", "SimpleITK", "nibabel", "monai"):
+    for module in ("brats_seg.ingest.stage", "brats_seg.preprocess.stage", "brats_seg.engine.loop", "brats_seg.infer.segmenter",
+                   "brats_seg.evaluate.stage", "SimpleITK", "nibabel", "monai"):
         try:
             importlib.import_module(module)
         except Exception as exc:  # report, never crash: this is the diagnostic tool

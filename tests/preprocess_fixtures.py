@@ -1,7 +1,7 @@
 """Helpers for the preprocessing tests: synthetic inputs, CLI runners, geometry checks, file snapshots.
 
 Plain functions (no fixtures) so the unit, integration, fault and realdata modules can share them
-without touching conftest.py. Inputs come from brats_seg.synth (BraTS 2018 layout, LPS / RAS /
+without touching conftest.py. Inputs come from brats_seg.synth.phantoms (BraTS 2018 layout, LPS / RAS /
 oblique affines) or, for the big fault-test volumes, from `write_block_case` (fast, uncompressed).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brats_seg import synth
+from brats_seg.synth import phantoms as synth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
@@ -96,7 +96,7 @@ def rewrite_channel(case_dir: Path, channel: str, delta: int = 7) -> Path:
 
 
 def ingest_to(sources, raw_path: Path) -> dict:
-    from brats_seg.ingest import ingest
+    from brats_seg.ingest.stage import ingest
 
     return ingest([Path(s) for s in sources], Path(raw_path))
 
@@ -152,7 +152,7 @@ def without_created_at(manifest: dict) -> dict:
 
 def raw_case_files(raw_path: Path) -> dict[str, dict[str, Path]]:
     """case id -> {'t1': Path, ..., 'seg': Path, 'convention': str} resolved through the raw manifest."""
-    from brats_seg.manifest import manifest_root
+    from brats_seg.io.manifest import manifest_root
 
     raw = load_json(raw_path)
     out = {}

@@ -14,7 +14,7 @@ def make_tiny_run(run_dir: Path, seed: int = 0, spacing="native", tumour_bias: b
     import torch
 
     from brats_seg.models.registry import create_model
-    from brats_seg.train.checkpoint import save_best
+    from brats_seg.engine.checkpoint import save_best
 
     torch.manual_seed(seed)
     kwargs = {"in_channels": 4, "out_channels": 3, "features": [4, 8, 16], "norm": "instance", **model_options}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_seg.manifest import new_manifest, save_manifest, sha256_file
+from brats_seg.io.manifest import new_manifest, save_manifest
+from brats_seg.core.hashing import sha256_file
 from brats_seg.preprocess.store import case_dir
 
 REPO = Path(__file__).resolve().parents[1]

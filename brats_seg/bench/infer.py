@@ -55,7 +55,7 @@ def monai_window_count(shape: Sequence[int], roi: Sequence[int], overlap: float)
 
 def region_agreement(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Dice per region (WT, TC, ET) between two canonical label maps, plus their mean."""
-    from brats_seg.metrics import dice_per_region, mean_dice
+    from brats_seg.evaluate.dice import dice_per_region, mean_dice
 
     scores = dice_per_region(ours, reference)
     return {**scores, "mean": mean_dice(scores)}
@@ -100,7 +100,7 @@ def forward_gflop(model: Path, shapes: Sequence[Shape]) -> dict[Shape, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from brats_seg.infer.runs import checkpoint_file
-    from brats_seg.train.checkpoint import load_inference_model
+    from brats_seg.engine.checkpoint import load_inference_model
 
     net, _ = load_inference_model(checkpoint_file(Path(model)), "cpu")
     net = net.to("meta")
@@ -190,7 +190,7 @@ def monai_predict(files: Sequence[str], chain, forward: Callable, window: int, m
 def _monai_runner(model: Path, case: Path, window: int) -> Callable[[], dict]:
     """MONAI's chain and sliding_window_inference over the whole volume, with the same weights."""
     from brats_seg.infer.runs import checkpoint_file
-    from brats_seg.train.checkpoint import load_inference_model
+    from brats_seg.engine.checkpoint import load_inference_model
 
     net, meta = load_inference_model(checkpoint_file(Path(model)), "cpu")
     files, chain = case_files(case, meta["channels"]), monai_chain()
@@ -210,7 +210,7 @@ def _monai_labels(image, forward: Callable, window: int, mode: str) -> np.ndarra
     import torch
     from monai.inferers import sliding_window_inference
 
-    from brats_seg.losses import regions_to_labels
+    from brats_seg.seg3d.losses import regions_to_labels
 
     with torch.inference_mode():
         logits = sliding_window_inference(image[None], (window,) * 3, 1, forward, overlap=0.5, mode="gaussian")

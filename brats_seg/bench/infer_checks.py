@@ -45,7 +45,7 @@ def _crop_labels(loaded, case: Path, window: int) -> np.ndarray:
 def truth_labels(case: Path, channels: list[str]) -> np.ndarray | None:
     """The case folder's label file in canonical labels, or None when it has none."""
     from brats_seg.infer.prepare import from_case_dir
-    from brats_seg.ingest.labels import to_canonical
+    from brats_seg.io.labels import to_canonical
     from brats_seg.ingest.layouts import discover
     from brats_seg.io.volume import read_volume
 
@@ -60,7 +60,7 @@ def diagnose(model: Path, case: Path, window: int, threads: int, ours: np.ndarra
     """Agreement of ours with MONAI over our crop, and every prediction's Dice against the truth."""
     from brats_seg.bench.infer import region_agreement
     from brats_seg.infer.segmenter import Segmenter
-    from brats_seg.metrics import dice_per_region, mean_dice
+    from brats_seg.evaluate.dice import dice_per_region, mean_dice
 
     torch.set_num_threads(threads)
     loaded = Segmenter.from_run(model)  # once: its weights for the crop run, its channels for the truth

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.ingest.labels import TO_CANONICAL
-from brats_seg.manifest import load_manifest, manifest_root, resolve_inside
-from brats_seg.train.config import Config3D
-from brats_seg.train.data3d import Dataset3D
+from brats_seg.io.labels import TO_CANONICAL
+from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.seg3d.config import Config3D
+from brats_seg.seg3d.data import Dataset3D
 
 KEYS = ["image", "label"]
 

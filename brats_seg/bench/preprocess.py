@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.bench.common import markdown_table, pool_map, save_report, timed
-from brats_seg.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
 
 
 def _case_files(raw_path: Path) -> list[dict]:

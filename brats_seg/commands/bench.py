@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _raw_manifest(data: Path, folder: Path, workers: int = 2) -> Path:
     from brats_seg.errors import InputError
-    from brats_seg.ingest import ingest
+    from brats_seg.ingest.stage import ingest
 
     if not Path(data).is_dir():
         raise InputError(data, "benchmark data folder not found; expected BraTS case folders (see --data)")
@@ -72,7 +72,7 @@ def _train(args) -> int:
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import run_preprocess
     from brats_seg.bench.train import format_table
-    from brats_seg.train.bench import bench_train
+    from brats_seg.bench.train_step import bench_train
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = _raw_manifest(args.data, Path(tmp))
@@ -90,7 +90,7 @@ def _infer(args) -> int:
 
 
 def _two_d(args) -> int:
-    from brats_seg.twod.bench2d import bench_2d
+    from brats_seg.bench.seg2d import bench_2d
 
     _, table = bench_2d(args.out, model=args.model, data=args.data, threads=args.threads,
                         train_seconds=args.train_seconds)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from brats_seg.errors import InputError
-    from brats_seg.twod.train import load_run_config, train_2d
+    from brats_seg.seg2d.trainer import load_run_config, train_2d
 
     overrides = list(args.overrides)
     if args.teacher is not None:

@@ -15,7 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.evaluate import evaluate, format_table
+    from brats_seg.evaluate.stage import evaluate, format_table
 
     summary = evaluate(args.pred, args.truth, args.out, args.pred_convention)
     print(format_table(summary))

@@ -5,12 +5,12 @@ import argparse
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from brats_seg.twod.cli import configure_evaluate
+    from brats_seg.seg2d.cli import configure_evaluate
 
     configure_evaluate(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.twod.cli import run_evaluate
+    from brats_seg.seg2d.cli import run_evaluate
 
     return int(run_evaluate(args) or 0)

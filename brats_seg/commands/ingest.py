@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.ingest import ingest
+    from brats_seg.ingest.stage import ingest
 
     channels = tuple(c.strip().lower() for c in args.channels.split(",") if c.strip())
     manifest = ingest(args.sources, args.out, args.layout, args.labels, channels, args.skip_invalid, args.workers)

@@ -5,12 +5,12 @@ import argparse
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from brats_seg.twod.cli import configure_predict
+    from brats_seg.seg2d.cli import configure_predict
 
     configure_predict(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.twod.cli import run_predict
+    from brats_seg.seg2d.cli import run_predict
 
     return int(run_predict(args) or 0)

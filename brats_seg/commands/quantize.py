@@ -3,7 +3,7 @@
     brats-seg quantize --model RUN_OR_CKPT --data ROOT --out int8.pt [--calibration N]
 
 Calibrates on N images of the run's training split, writes OUT (a weights_only recipe: fp32
-weights + observer statistics, rebuilt bitwise by brats_seg.twod.int8.load_int8; see there why
+weights + observer statistics, rebuilt bitwise by brats_seg.seg2d.int8.load_int8; see there why
 the converted graph itself is not stored) and OUT.json (the report), and prints fp32 vs int8
 latency and mIoU on the validation split side by side. --torchscript also writes a traced int8
 TorchScript file (torch.jit.load; deprecated in torch 2.13, hence optional).
@@ -31,8 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from brats_seg.errors import InputError
-    from brats_seg.manifest import atomic_write_json
-    from brats_seg.twod.int8 import markdown_table, quantize_checkpoint
+    from brats_seg.core.atomic import atomic_write_json
+    from brats_seg.seg2d.int8 import markdown_table, quantize_checkpoint
 
     if args.threads < 1 or args.repeats < 1 or args.max_eval_images < 0:
         raise InputError("quantize", "--threads and --repeats must be >= 1, --max-eval-images >= 0")
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     report_path = args.out.with_name(args.out.name + ".json")
     atomic_write_json(report_path, report)
     print(markdown_table(report))
-    print(f"wrote {args.out} (weights_only int8 recipe; load with brats_seg.twod.int8.load_int8) and {report_path}")
+    print(f"wrote {args.out} (weights_only int8 recipe; load with brats_seg.seg2d.int8.load_int8) and {report_path}")
     if args.torchscript:
         print(f"wrote {args.torchscript} (TorchScript; load with torch.jit.load)")
     return 0

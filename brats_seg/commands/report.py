@@ -14,7 +14,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.report import write_report
+    from brats_seg.evaluate.report import write_report
 
     print(f"report -> {write_report(args.eval, args.out, args.pred, args.run, args.title)}")
     return 0

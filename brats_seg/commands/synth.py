@@ -34,7 +34,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from brats_seg.synth import synthesize_dataset
+    from brats_seg.synth.phantoms import synthesize_dataset
 
     shape = parse_shape(args.shape)
     if args.cases < 1:

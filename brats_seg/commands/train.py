@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.train.tasks import resolve_task, task_of
+    from brats_seg.engine.tasks import resolve_task, task_of
 
     task = resolve_task(task_of(args.config, args.out, args.overrides))
     return int(task(args.config, args.data, args.out, args.fold, args.resume, args.overrides))

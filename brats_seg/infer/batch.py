@@ -22,7 +22,9 @@ from pathlib import Path
 from brats_seg.errors import InputError, with_location
 from brats_seg.infer import export
 from brats_seg.infer.prepare import entry_convention
-from brats_seg.manifest import atomic_write_json, load_manifest, manifest_root, sha256_file, sha256_json
+from brats_seg.core.atomic import atomic_write_json
+from brats_seg.io.manifest import load_manifest, manifest_root
+from brats_seg.core.hashing import sha256_file, sha256_json
 
 SIDECARS, MASKS, PROBS, QA = "cases", "masks", "probabilities", "qa"
 
@@ -46,7 +48,7 @@ def predict_manifest(segmenter, raw_path: Path, out_dir: Path, shard: tuple[int,
                      opts: BatchOptions = BatchOptions()) -> dict:
     """Predict this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path."""
     from brats_seg.infer.manifests import manifest_config, write_predictions_manifest
-    from brats_seg.preprocess.locks import exclusive_lock
+    from brats_seg.core.locks import exclusive_lock
 
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     raw = load_manifest(raw_path, stage="raw")

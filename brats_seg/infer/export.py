@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brats_seg.ingest.labels import CONVENTIONS, from_canonical
+from brats_seg.io.labels import CONVENTIONS, from_canonical
 from brats_seg.io.geometry import Geometry
 from brats_seg.io.volume import write_nifti
 

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 from brats_seg.errors import InputError
-from brats_seg.manifest import load_manifest, new_manifest, save_manifest, sha256_file
+from brats_seg.io.manifest import load_manifest, new_manifest, save_manifest
+from brats_seg.core.hashing import sha256_file
 
 MANIFEST_NAME = "predictions.json"
 SHARD_DIR = "shards"
@@ -82,7 +83,7 @@ def maybe_merge(out_dir: Path, count: int) -> Path | None:
     """Merge once every shard has written its manifest (under a lock: two finishing shards don't race)."""
     import time
 
-    from brats_seg.preprocess.locks import exclusive_lock
+    from brats_seg.core.locks import exclusive_lock
 
     lock = Path(out_dir) / ".locks" / "merge-predictions.lock"
     for _ in range(600):  # the other shard holds the lock for well under a second

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.io.geometry import Geometry
-from brats_seg.figures import save_png
+from brats_seg.core.figures import save_png
 from brats_seg.preprocess import spatial
 
 COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.85, 0.0)}  # NCR red, ED green, ET yellow

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from brats_seg.manifest import sha256_file
+from brats_seg.core.hashing import sha256_file
 
 
 def checkpoint_file(path: Path) -> Path:
     """The file a run dir stands for (checkpoints/best.pt, else checkpoints/latest.pt)."""
-    from brats_seg.train.checkpoint import model_checkpoint
+    from brats_seg.engine.checkpoint import model_checkpoint
 
     return model_checkpoint(path)
 
@@ -46,7 +46,7 @@ def run_spacing(ckpt: Path, meta: dict) -> Any:
 
 def load_run_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, "ModelSpec"]:  # noqa: F821
     from brats_seg.infer.segmenter import ModelSpec
-    from brats_seg.train.checkpoint import load_inference_model
+    from brats_seg.engine.checkpoint import load_inference_model
 
     ckpt = checkpoint_file(path)
     model, meta = load_inference_model(ckpt, device)

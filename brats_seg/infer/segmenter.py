@@ -109,7 +109,7 @@ class Segmenter:
     @classmethod
     def from_run(cls, path: str | Path, device: str = "cpu", threads: int | None = None, **options) -> "Segmenter":
         """Load RUN_DIR (its best.pt, else latest.pt) or a checkpoint file; options go to __init__."""
-        from brats_seg.allocator import keep_freed_memory
+        from brats_seg.core.allocator import keep_freed_memory
         from brats_seg.infer.runs import load_run_model
 
         keep_freed_memory()
@@ -193,7 +193,7 @@ class Segmenter:
 
     def _to_labels(self, probs: torch.Tensor) -> np.ndarray:
         if self.spec.mode == "regions":
-            from brats_seg.losses import regions_to_labels
+            from brats_seg.seg3d.losses import regions_to_labels
 
             labels = regions_to_labels(probs[None], threshold=0.5)[0]
         else:

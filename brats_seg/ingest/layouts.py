@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brats_seg.errors import InputError
-from brats_seg.ingest.labels import convention_from_dataset_json
+from brats_seg.io.labels import convention_from_dataset_json
 from brats_seg.io.volume import volume_format
 
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.errors import InputError
-from brats_seg.manifest import load_manifest, save_manifest, sha256_file
+from brats_seg.io.manifest import load_manifest, save_manifest
+from brats_seg.core.hashing import sha256_file
 
 
 def split_manifest(raw_path: Path, out_dir: Path, test: float, seed: int = 0) -> tuple[Path, Path]:

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.errors import InputError
-from brats_seg.ingest.labels import allowed_values, guess_convention
+from brats_seg.io.labels import allowed_values, guess_convention
 from brats_seg.ingest.layouts import DEFAULT_CONVENTION, CaseSpec
 from brats_seg.io.geometry import Geometry, same_grid
 from brats_seg.io.volume import read_volume
-from brats_seg.manifest import relative_inside, sha256_file
+from brats_seg.io.manifest import relative_inside
+from brats_seg.core.hashing import sha256_file
 
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the manifest schema's pattern
 

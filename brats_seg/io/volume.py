@@ -154,7 +154,7 @@ def write_nifti(array: np.ndarray, geometry: Geometry, path: Path, dtype=np.uint
     img.header.set_xyzt_units("mm", "sec")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from brats_seg.manifest import atomic_path
+    from brats_seg.core.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from brats_seg.manifest import sha256_file
+from brats_seg.core.hashing import sha256_file
 
 
 def fingerprint(path: Path) -> str | None:

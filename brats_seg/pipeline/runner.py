@@ -14,10 +14,11 @@ from pathlib import Path
 
 
 from brats_seg.errors import InputError
-from brats_seg.manifest import atomic_write_json, sha256_json
+from brats_seg.core.atomic import atomic_write_json
+from brats_seg.core.hashing import sha256_json
 from brats_seg.pipeline.fingerprints import fingerprints
 from brats_seg.pipeline.stages import STAGES
-from brats_seg.yamlfile import read_yaml
+from brats_seg.core.yamlio import read_yaml
 
 _VAR = re.compile(r"\$\{(\w+)\}")
 

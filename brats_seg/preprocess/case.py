@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.errors import InputError
-from brats_seg.ingest.labels import canonical_with_counts
+from brats_seg.io.labels import canonical_with_counts
 from brats_seg.io.geometry import Geometry
 from brats_seg.io.volume import read_volume_verified
-from brats_seg.manifest import atomic_path, resolve_inside
+from brats_seg.core.atomic import atomic_path
+from brats_seg.io.manifest import resolve_inside
 from brats_seg.preprocess import spatial
 from brats_seg.preprocess.store import case_dir
 

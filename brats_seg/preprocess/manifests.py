@@ -5,9 +5,10 @@ import re
 from pathlib import Path
 
 from brats_seg.errors import InputError
-from brats_seg.manifest import load_manifest, new_manifest, save_manifest, sha256_file
+from brats_seg.io.manifest import load_manifest, new_manifest, save_manifest
+from brats_seg.core.hashing import sha256_file
 from brats_seg.preprocess.fingerprint import fingerprint
-from brats_seg.preprocess.locks import exclusive_lock
+from brats_seg.core.locks import exclusive_lock
 
 MANIFEST_NAME = "preprocessed.json"
 SHARD_DIR = "shards"

@@ -12,12 +12,13 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from brats_seg.allocator import keep_freed_memory
+from brats_seg.core.allocator import keep_freed_memory
 from brats_seg.errors import InputError, with_location
-from brats_seg.manifest import (atomic_write_json, load_manifest, manifest_root, resolve_inside,
-                                sha256_file, sha256_json)
+from brats_seg.core.atomic import atomic_write_json
+from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.core.hashing import sha256_file, sha256_json
 from brats_seg.preprocess.case import PreprocessConfig, preprocess_case
-from brats_seg.preprocess.locks import exclusive_lock
+from brats_seg.core.locks import exclusive_lock
 from brats_seg.preprocess.manifests import shard_manifest_path, write_stage_manifest
 from brats_seg.preprocess.store import case_dir
 

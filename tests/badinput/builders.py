@@ -45,12 +45,12 @@ def build_workspace(root: Path) -> Path:
 
     from brats_seg.infer.batch import predict_manifest
     from brats_seg.infer.segmenter import Segmenter
-    from brats_seg.ingest import ingest
+    from brats_seg.ingest.stage import ingest
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import run_preprocess
-    from brats_seg.synth import synthesize_dataset
-    from brats_seg.train.config import load_config
-    from brats_seg.train.loop import train_3d
+    from brats_seg.synth.phantoms import synthesize_dataset
+    from brats_seg.seg3d.config import load_config
+    from brats_seg.engine.loop import train_3d
 
     root = Path(root)
     torch.set_num_threads(1)

@@ -35,11 +35,11 @@ import numpy as np
 import pytest
 import torch
 
-from brats_seg.manifest import sha256_file
-from brats_seg.train.checkpoint import checkpoint_dir
-from brats_seg.train.config import load_config
-from brats_seg.train.loop import train_3d
-from brats_seg.train.runtime import EXIT_PREEMPTED
+from brats_seg.core.hashing import sha256_file
+from brats_seg.engine.checkpoint import checkpoint_dir
+from brats_seg.seg3d.config import load_config
+from brats_seg.engine.loop import train_3d
+from brats_seg.engine.runtime import EXIT_PREEMPTED
 from tests.badinput.builders import make_model_run
 from tests.train_fixtures import TINY, cli_env, kill_group, make_dataset
 
@@ -132,7 +132,7 @@ def test_sigterm_during_validation_then_resume_is_exact(data, straight, tmp_path
     step runs (the ranks agree to stop after a step), then the checkpoint and exit 75; --resume ends
     bitwise where a straight run ends. In-process, so the signal lands inside validation for certain
     (the real CLI under SIGTERM: tests/integration/test_train.py::test_sigterm_saves_and_exits_75)."""
-    import brats_seg.train.loop as loop
+    import brats_seg.engine.loop as loop
 
     real_validate, seen = loop.validate, []
 
@@ -198,8 +198,8 @@ def test_sigkill_while_writing_checkpoints_then_resume_is_exact(data, straight, 
 @pytest.fixture(scope="module")
 def raw3(tmp_path_factory) -> Path:
     """3 synthetic phantoms (32x32x24) and their raw manifest."""
-    from brats_seg.ingest import ingest
-    from brats_seg.synth import synthesize_dataset
+    from brats_seg.ingest.stage import ingest
+    from brats_seg.synth.phantoms import synthesize_dataset
 
     root = tmp_path_factory.mktemp("faults_raw")
     synthesize_dataset(root / "src", 3, 0, (32, 32, 24))
@@ -465,8 +465,8 @@ def _sidecars(out: Path) -> list[str]:
 def test_sigkill_batch_inference_mid_manifest_then_rerun(tmp_path, model_run, run_cli):
     """SIGKILL while predict --manifest is between cases: the rerun skips the finished cases (their
     masks untouched: same inode and mtime), does the rest, and every mask equals an uninterrupted run."""
-    from brats_seg.ingest import ingest
-    from brats_seg.synth import synthesize_dataset
+    from brats_seg.ingest.stage import ingest
+    from brats_seg.synth.phantoms import synthesize_dataset
 
     synthesize_dataset(tmp_path / "src", 6, 1, (32, 32, 24))
     raw = tmp_path / "raw.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brats_seg.manifest import sha256_file
+from brats_seg.core.hashing import sha256_file
 from tests.preprocess_fixtures import (cli_command, error_lines, final_npy_files, ingest_to, load_json, run_cli,
                                        run_cli_subprocess, subprocess_env, summary_counts, without_created_at,
                                        write_block_case)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.manifest import sha256_file
-from brats_seg.train.checkpoint import checkpoint_dir
-from brats_seg.twod.config import load_config_2d
-from brats_seg.twod.distill import distillation_loss
-from brats_seg.twod.losses import DistillWrapper, Seg2DLoss
-from brats_seg.twod.train import train_2d
+from brats_seg.core.hashing import sha256_file
+from brats_seg.engine.checkpoint import checkpoint_dir
+from brats_seg.seg2d.config import load_config_2d
+from brats_seg.seg2d.distill import distillation_loss
+from brats_seg.seg2d.losses import DistillWrapper, Seg2DLoss
+from brats_seg.seg2d.trainer import train_2d
 from tests.integration.test_2d_train import TINY, write_dataset
 
 torch.set_num_threads(1)
@@ -85,8 +85,8 @@ def test_distill_needs_a_matching_teacher(data, teacher, tmp_path, run_cli):
 
 
 def test_quantize_cli_agrees_with_fp32_and_reloads_bitwise(data, teacher, tmp_path, run_cli):
-    from brats_seg.twod.evaluate import dataset_for_model, load_model_2d
-    from brats_seg.twod.int8 import calibrate, calibration_images, load_int8, load_torchscript, save_int8
+    from brats_seg.seg2d.evaluate import dataset_for_model, load_model_2d
+    from brats_seg.seg2d.int8 import calibrate, calibration_images, load_int8, load_torchscript, save_int8
 
     out = tmp_path / "int8.pt"
     code, stdout, err = run_cli("quantize", "--model", teacher, "--data", data, "--out", out, "--calibration", 4,
@@ -115,7 +115,7 @@ def test_quantize_cli_agrees_with_fp32_and_reloads_bitwise(data, teacher, tmp_pa
 
 
 def test_load_int8_refuses_other_files(teacher, tmp_path):
-    from brats_seg.twod.int8 import load_int8
+    from brats_seg.seg2d.int8 import load_int8
 
     with pytest.raises(InputError, match="int8"):
         load_int8(checkpoint_dir(teacher) / "best.pt")

@@ -16,10 +16,10 @@ import torch.nn as nn
 from PIL import Image
 
 from brats_seg.errors import InputError
-from brats_seg.train.checkpoint import checkpoint_dir, save_best
-from brats_seg.twod.config import load_config_2d
-from brats_seg.twod.losses import Seg2DLoss, masked_cross_entropy, soft_dice_loss
-from brats_seg.twod.train import train_2d
+from brats_seg.engine.checkpoint import checkpoint_dir, save_best
+from brats_seg.seg2d.config import load_config_2d
+from brats_seg.seg2d.losses import Seg2DLoss, masked_cross_entropy, soft_dice_loss
+from brats_seg.seg2d.trainer import train_2d
 
 torch.set_num_threads(1)
 
@@ -94,7 +94,7 @@ def test_preempted_run_resumes_exactly(data, tmp_path, monkeypatch):
     steps = [*TINY, "train.epochs=2", "train.steps_per_epoch=3"]
     assert train_2d(load_config_2d(None, steps), data, tmp_path / "straight", resume=False) == 0
 
-    import brats_seg.train.loop as loop  # the shared epoch loop the 2D trainer runs
+    import brats_seg.engine.loop as loop  # the shared epoch loop the 2D trainer runs
 
     real = loop._stop_reason
     monkeypatch.setattr(loop, "_stop_reason", lambda state, session: "preempted" if state.progress.step == 4
@@ -157,7 +157,7 @@ def oracle_case(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_evaluate_matches_the_hand_count(oracle_case, tmp_path):
-    from brats_seg.twod.cli import configure_evaluate, run_evaluate
+    from brats_seg.seg2d.cli import configure_evaluate, run_evaluate
 
     run, root = oracle_case
     parser = argparse.ArgumentParser()
@@ -173,7 +173,7 @@ def test_evaluate_matches_the_hand_count(oracle_case, tmp_path):
 
 
 def test_evaluate_refuses_a_3d_checkpoint(oracle_case, tmp_path):
-    from brats_seg.twod.evaluate import evaluate_2d
+    from brats_seg.seg2d.evaluate import evaluate_2d
 
     run, root = oracle_case
     payload = torch.load(checkpoint_dir(run) / "best.pt", weights_only=True)
@@ -183,8 +183,8 @@ def test_evaluate_refuses_a_3d_checkpoint(oracle_case, tmp_path):
 
 
 def test_predict_writes_palette_mask_and_overlay(oracle_case, tmp_path):
-    from brats_seg.twod.palette import voc_palette
-    from brats_seg.twod.predict import predict_2d
+    from brats_seg.seg2d.palette import voc_palette
+    from brats_seg.seg2d.predict import predict_2d
 
     run, root = oracle_case
     rows = predict_2d(run, root / "images", tmp_path)

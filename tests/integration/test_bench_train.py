@@ -12,8 +12,8 @@ import torch
 from brats_seg.bench.monai_train import monai_preprocessed_loader, monai_tutorial_loader
 from brats_seg.preprocess.case import PreprocessConfig
 from brats_seg.preprocess.stage import run_preprocess
-from brats_seg.train.config import load_config
-from brats_seg.train.data3d import open_dataset
+from brats_seg.seg3d.config import load_config
+from brats_seg.seg3d.data import open_dataset
 from tests.preprocess_fixtures import ingest_to
 from tests.train_fixtures import TINY
 
@@ -60,7 +60,7 @@ def test_tutorial_reference_resamples_like_the_run(two_mm):
 
 
 def test_one_step_bench_reports_both_references(two_mm):
-    from brats_seg.train.bench import bench_train
+    from brats_seg.bench.train_step import bench_train
 
     result = bench_train(two_mm, None, OVERRIDES, steps=1, rounds=1)
     for key in ("train_step_s", "monai_step_s", "monai_tutorial_step_s"):
@@ -76,7 +76,7 @@ def test_paused_loader_workers_stop_and_resume():
     """A contender's loader workers are stopped while the others are timed, then resumed."""
     import signal
 
-    from brats_seg.train.bench import _signal_workers
+    from brats_seg.bench.train_step import _signal_workers
 
     loader = torch.utils.data.DataLoader(list(range(8)), batch_size=2, num_workers=1, persistent_workers=True)
     next(iter(loader))

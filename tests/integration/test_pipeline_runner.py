@@ -63,7 +63,7 @@ def test_a_changed_parameter_redoes_that_stage_only(pipeline: Path):
 
 
 def test_a_changed_input_redoes_the_stages_downstream(tmp_path: Path):
-    from brats_seg.synth import synthesize_dataset
+    from brats_seg.synth.phantoms import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", 3, seed=5, shape=(32, 32, 24))
     path = tmp_path / "study.yaml"
@@ -82,7 +82,7 @@ def test_a_changed_input_redoes_the_stages_downstream(tmp_path: Path):
 
 
 def test_a_touched_but_identical_input_reruns_only_the_stage_that_reads_it(tmp_path: Path):
-    from brats_seg.synth import synthesize_dataset
+    from brats_seg.synth.phantoms import synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", 3, seed=5, shape=(32, 32, 24))
     path = tmp_path / "study.yaml"

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from brats_seg.infer.segmenter import Segmenter
-from brats_seg.ingest import ingest
-from brats_seg.manifest import load_manifest, sha256_file
+from brats_seg.ingest.stage import ingest
+from brats_seg.io.manifest import load_manifest
+from brats_seg.core.hashing import sha256_file
 from tests.run_fixtures import make_tiny_run as make_run
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ import torch
 
 from brats_seg.infer import export
 from brats_seg.infer.segmenter import ModelSpec, Segmenter
-from brats_seg.ingest.labels import to_canonical
+from brats_seg.io.labels import to_canonical
 
 torch.set_num_threads(1)
 CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -49,7 +49,7 @@ def rotation(degrees) -> np.ndarray:
 
 
 def make_affine(linear: np.ndarray, origin) -> np.ndarray:
-    from brats_seg.synth import qform_representable
+    from brats_seg.synth.phantoms import qform_representable
 
     affine = np.eye(4)
     affine[:3, :3], affine[:3, 3] = linear, origin
@@ -186,8 +186,8 @@ def test_written_file_and_in_memory_image_have_the_same_header(tmp_path, save_ni
 
 
 def test_files_dict_and_raw_manifest_entry_give_the_same_mask(tmp_path, save_nifti):
-    from brats_seg.ingest import ingest
-    from brats_seg.manifest import manifest_root
+    from brats_seg.ingest.stage import ingest
+    from brats_seg.io.manifest import manifest_root
 
     linear, shape, codes = GRIDS["oblique"]
     case, expected = write_case(tmp_path / "data", "c1", make_affine(linear, [5, 5, 5]), shape, codes, save_nifti)

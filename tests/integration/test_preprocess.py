@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from brats_seg.ingest.labels import from_canonical, to_canonical
+from brats_seg.io.labels import from_canonical, to_canonical
 from brats_seg.preprocess.inverse import labels_to_original
 from tests.preprocess_fixtures import (CHANNELS, changed_cases, dice, error_lines, file_states, final_npy_files,
                                        ingest_to, load_json, load_volume, native_voxel_map, raw_case_files,
@@ -346,7 +346,7 @@ def test_changed_input_after_reingest_redoes_only_that_case(small):
     assert code == 0 and counts == (1, 2, 0), err
     assert changed_cases(before, file_states(small["out"])) == {"R1_ras"}
     entry = {e["id"]: e for e in load_json(small["out"] / "preprocessed.json")["cases"]}["R1_ras"]
-    from brats_seg.manifest import sha256_file
+    from brats_seg.core.hashing import sha256_file
 
     assert entry["source"]["inputs_sha256"]["flair"] == sha256_file(path)
 

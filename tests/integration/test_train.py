@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.train.checkpoint import checkpoint_dir
-from brats_seg.train.config import load_config
-from brats_seg.train.loop import train_3d
-from brats_seg.train.runtime import EXIT_PREEMPTED
+from brats_seg.engine.checkpoint import checkpoint_dir
+from brats_seg.seg3d.config import load_config
+from brats_seg.engine.loop import train_3d
+from brats_seg.engine.runtime import EXIT_PREEMPTED
 from tests.train_fixtures import TINY, make_dataset, start_cli, wait_for_line
 
 torch.set_num_threads(1)

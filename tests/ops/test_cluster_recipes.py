@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brats_seg.manifest import load_manifest
+from brats_seg.io.manifest import load_manifest
 from tests.train_fixtures import TINY, kill_group, make_dataset, wait_for_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,8 +70,8 @@ def _core(manifest: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
-    from brats_seg.ingest import ingest
-    from brats_seg.synth import synthesize_dataset
+    from brats_seg.ingest.stage import ingest
+    from brats_seg.synth.phantoms import synthesize_dataset
 
     root = tmp_path_factory.mktemp("recipes_raw")
     synthesize_dataset(root / "src", 5, 3, (32, 32, 24))

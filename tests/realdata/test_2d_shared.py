@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from brats_seg.twod.data import SegmentationDataset, build_dataset, load_pair, read_mask, voc_pairs
-from brats_seg.twod.labels import voc_colour_labels, voc_labels
-from brats_seg.twod.palette import voc_palette
-from brats_seg.twod.transforms import train_transform
+from brats_seg.seg2d.data import SegmentationDataset, build_dataset, load_pair, read_mask, voc_pairs
+from brats_seg.seg2d.labels import voc_colour_labels, voc_labels
+from brats_seg.seg2d.palette import voc_palette
+from brats_seg.seg2d.transforms import train_transform
 
 torch.set_num_threads(1)
 

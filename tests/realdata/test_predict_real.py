@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from brats_seg.infer.segmenter import ModelSpec, Segmenter
-from brats_seg.ingest.labels import to_canonical
+from brats_seg.io.labels import to_canonical
 
 pytestmark = pytest.mark.realdata
 torch.set_num_threads(1)
@@ -39,9 +39,9 @@ def tiny_segmenter(spacing="native") -> Segmenter:
 
 
 def test_real_brats_case_geometry_and_conventions(tmp_path):
-    from brats_seg.evaluate import evaluate
+    from brats_seg.evaluate.stage import evaluate
     from brats_seg.infer.batch import BatchOptions, predict_manifest
-    from brats_seg.ingest import ingest
+    from brats_seg.ingest.stage import ingest
 
     need(CASE)
     ingest([CASE], tmp_path / "raw.json")  # the case folder is its own root: only this case is read

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brats_seg.ingest.labels import from_canonical, to_canonical
+from brats_seg.io.labels import from_canonical, to_canonical
 from brats_seg.preprocess.inverse import labels_to_original
 from tests.preprocess_fixtures import (CHANNELS, ingest_to, load_json, load_volume, native_voxel_map, raw_case_files,
                                        run_cli, summary_counts)

@@ -211,7 +211,7 @@ def test_pipeline_file_with_python_tags_is_refused(tmp_path, run_cli, marker):
 
 # Where the package may use something the scan flags, and why.
 ALLOWED = {
-    ("brats_seg/twod/int8.py", "torch.jit.load"):
+    ("brats_seg/seg2d/int8.py", "torch.jit.load"):
         "load_torchscript reads back the TorchScript file `quantize --torchscript` wrote; no CLI command "
         "calls it (checked below) and TorchScript runs no Python",
 }

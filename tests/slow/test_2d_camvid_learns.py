@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from brats_seg.twod.config import load_config_2d
-from brats_seg.twod.evaluate import evaluate_2d
-from brats_seg.twod.train import train_2d
+from brats_seg.seg2d.config import load_config_2d
+from brats_seg.seg2d.evaluate import evaluate_2d
+from brats_seg.seg2d.trainer import train_2d
 
 REPO = Path(__file__).resolve().parents[2]
 CAMVID = REPO.parent / "shared" / "datasets" / "camvid_segnet_samples"

@@ -4,7 +4,7 @@
   overwritten runs, truncations and insertions of a small valid .nii; the same mutations inside a
   .nii.gz whose gzip container is valid (so the NIfTI decoder, not the CRC check, meets them); and
   mutations of the .nii.gz bytes themselves.
-- brats_seg.manifest.load_manifest on mutated manifest JSON: byte-level mutations of a valid raw
+- brats_seg.io.manifest.load_manifest on mutated manifest JSON: byte-level mutations of a valid raw
   manifest's text, and structural ones (any JSON value put at any place of the manifest).
 
 The only exception allowed is brats_seg.errors.InputError (the documented error: exit code 2 and one
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from brats_seg.errors import InputError
 from brats_seg.io.volume import read_volume, read_volume_verified
-from brats_seg.manifest import load_manifest
+from brats_seg.io.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
 

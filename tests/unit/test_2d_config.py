@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.train.config import OptimConfig, config_hash
-from brats_seg.twod.config import RUN_CONTROL_KEYS_2D, Config2D, load_config_2d, resolve_data_arg
-from brats_seg.twod.setup import model_kwargs
+from brats_seg.seg3d.config import OptimConfig, config_hash
+from brats_seg.seg2d.config import RUN_CONTROL_KEYS_2D, Config2D, load_config_2d, resolve_data_arg
+from brats_seg.seg2d.build import model_kwargs
 
 torch.set_num_threads(1)
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
@@ -127,7 +127,7 @@ def test_data_argument_folder_or_yaml(tmp_path):
 
 
 def test_run_training_argument_errors(tmp_path):
-    from brats_seg.twod.train import run_training
+    from brats_seg.seg2d.trainer import run_training
 
     with pytest.raises(InputError) as err:
         run_training(PIPELINES / "voc_deeplabv3plus.yaml", tmp_path, tmp_path / "run", 2, False, [])

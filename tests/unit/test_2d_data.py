@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from brats_seg.errors import InputError
-from brats_seg.twod import transforms as T
-from brats_seg.twod.data import SegmentationDataset, build_dataset, folder_pairs, load_pair, voc_pairs
-from brats_seg.twod.labels import LabelSpec, ade20k_labels, camvid_labels, voc_colour_labels, voc_labels
-from brats_seg.twod.palette import colour_to_index, index_to_colour, to_palette_image, voc_palette
+from brats_seg.seg2d import transforms as T
+from brats_seg.seg2d.data import SegmentationDataset, build_dataset, folder_pairs, load_pair, voc_pairs
+from brats_seg.seg2d.labels import LabelSpec, ade20k_labels, camvid_labels, voc_colour_labels, voc_labels
+from brats_seg.seg2d.palette import colour_to_index, index_to_colour, to_palette_image, voc_palette
 
 torch.set_num_threads(1)
 

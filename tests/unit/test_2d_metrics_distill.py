@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brats_seg.twod.distill import distillation_loss
-from brats_seg.twod.metrics import (SegmentationMeter, confusion_matrix, iou_per_class, mean_class_accuracy,
-                                    mean_iou, pixel_accuracy)
+from brats_seg.seg2d.distill import distillation_loss
+from brats_seg.seg2d.metrics import SegmentationMeter, confusion_matrix, iou_per_class, mean_class_accuracy, mean_iou, pixel_accuracy
 
 torch.set_num_threads(1)
 

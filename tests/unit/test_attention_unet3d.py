@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from brats_seg.losses import build_loss
+from brats_seg.seg3d.losses import build_loss
 from brats_seg.models import create_model
 from brats_seg.models.attention_unet3d import AttentionGate, AttentionUNet3D
 

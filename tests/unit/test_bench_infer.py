@@ -85,7 +85,7 @@ def tiny_run(tmp_path):
 
 
 def test_bench_infer_tiny_case_end_to_end(tmp_path, tiny_run):
-    from brats_seg.synth import synthesize_case
+    from brats_seg.synth.phantoms import synthesize_case
 
     case = synthesize_case("Tiny_0000", tmp_path / "data", seed=0, shape=(48, 48, 32))
     out = tmp_path / "bench" / "infer.json"
@@ -113,7 +113,7 @@ def test_sides_agree_exactly_with_a_pointwise_model(tmp_path, affine_kind):
     the harness's (normalisation, orientation, restoring to the file grid), not the model's."""
     from brats_seg.bench.infer import case_files, monai_chain, monai_predict
     from brats_seg.infer.segmenter import ModelSpec, Segmenter
-    from brats_seg.synth import synthesize_case
+    from brats_seg.synth.phantoms import synthesize_case
 
     case = synthesize_case("Point_0000", tmp_path, seed=1, shape=(48, 40, 32), affine_kind=affine_kind)
     net = _pointwise_net()
@@ -129,7 +129,7 @@ def test_crop_reference_harness_is_exact_with_a_pointwise_model(tmp_path, tiny_r
     """MONAI over our prepared crop, put back by our inverse: with no context, it equals our predict."""
     from brats_seg.bench.infer_checks import crop_reference_labels, truth_labels
     from brats_seg.infer.segmenter import Segmenter
-    from brats_seg.synth import synthesize_case
+    from brats_seg.synth.phantoms import synthesize_case
 
     case = synthesize_case("Point_0001", tmp_path, seed=2, shape=(48, 40, 32), affine_kind="oblique")
     seg = Segmenter.from_run(tiny_run)

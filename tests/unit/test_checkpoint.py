@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.train import checkpoint as ckpt
+from brats_seg.engine import checkpoint as ckpt
 
 torch.set_num_threads(1)
 

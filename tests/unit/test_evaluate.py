@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from brats_seg.evaluate import evaluate
-from brats_seg.evaluate_metrics import HD95_EMPTY_MM, binary_metrics, hd95_mm, region_metrics
+from brats_seg.evaluate.stage import evaluate
+from brats_seg.evaluate.metrics import HD95_EMPTY_MM, binary_metrics, hd95_mm, region_metrics
 
 torch.set_num_threads(1)
 
@@ -88,7 +88,7 @@ def test_regions_from_labels():
 
 @pytest.fixture
 def truth(tmp_path, make_case) -> Path:
-    from brats_seg.ingest import ingest
+    from brats_seg.ingest.stage import ingest
 
     for i in range(3):
         make_case(tmp_path / "src", f"case{i}", seed=i)
@@ -132,7 +132,8 @@ def test_evaluate_predictions_manifest_in_another_convention(tmp_path, truth):
     """Masks written in BraTS 2023 labels are read through their manifest's convention."""
     import nibabel as nib
 
-    from brats_seg.manifest import new_manifest, save_manifest, sha256_file
+    from brats_seg.io.manifest import new_manifest, save_manifest
+    from brats_seg.core.hashing import sha256_file
 
     pred = tmp_path / "pred"
     manifest = new_manifest("predictions", {}, None)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from brats_seg import manifest as mf
+from brats_seg.core import atomic, hashing
+from brats_seg.io import manifest as mf
 from brats_seg.errors import InputError
-from brats_seg.ingest import ingest
+from brats_seg.ingest.stage import ingest
 from tests.conftest import make_case
 
 
@@ -119,8 +120,8 @@ def test_save_refuses_a_manifest_that_breaks_the_schema(tmp_path):
 def test_sha256_file(tmp_path):
     p = tmp_path / "blob"
     p.write_bytes(os.urandom(3 * (1 << 20) + 17))  # several read chunks
-    assert mf.sha256_file(p) == hashlib.sha256(p.read_bytes()).hexdigest()
-    assert mf.sha256_json({"a": 1, "b": [2]}) == mf.sha256_json({"b": [2], "a": 1})
+    assert hashing.sha256_file(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert hashing.sha256_json({"a": 1, "b": [2]}) == hashing.sha256_json({"b": [2], "a": 1})
 
 
 # --- path containment ---------------------------------------------------------------------------------
@@ -167,8 +168,8 @@ def test_relative_inside(tmp_path):
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     p = tmp_path / "m.json"
-    mf.atomic_write_json(p, {"v": 1})
-    mf.atomic_write_json(p, {"v": 2})
+    atomic.atomic_write_json(p, {"v": 1})
+    atomic.atomic_write_json(p, {"v": 2})
     assert json.loads(p.read_text()) == {"v": 2}
     assert [x.name for x in tmp_path.iterdir()] == ["m.json"]
 
@@ -177,7 +178,7 @@ def test_atomic_path_never_exposes_a_partial_file(tmp_path):
     p = tmp_path / "m.json"
     p.write_text("old\n")
     with pytest.raises(RuntimeError):
-        with mf.atomic_path(p) as tmp:
+        with atomic.atomic_path(p) as tmp:
             assert tmp.parent == p.parent and tmp.name != p.name
             tmp.write_text('{"half": ')
             assert p.read_text() == "old\n"  # the final name still holds the old content
@@ -213,14 +214,14 @@ def test_save_manifest_failing_json_dump_keeps_the_old_file(raw_manifest, monkey
 
     monkeypatch.setattr(mf.json, "dumps", boom)
     with pytest.raises(TypeError):
-        mf.atomic_write_json(path, m)
+        atomic.atomic_write_json(path, m)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert not [x for x in path.parent.iterdir() if x.name.startswith(".")]
 
 
 def test_atomic_path_keeps_nii_gz_suffix_for_the_temp(tmp_path):
-    with mf.atomic_path(tmp_path / "mask.nii.gz") as tmp:
+    with atomic.atomic_path(tmp_path / "mask.nii.gz") as tmp:
         assert tmp.name.endswith(".nii.gz") and tmp.name.startswith(".")
         tmp.write_bytes(b"x")
     assert (tmp_path / "mask.nii.gz").read_bytes() == b"x"

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from brats_seg.data.augment import augment_intensity, random_flip
-from brats_seg.data.loader import PatchDataset, StreamSampler, make_loader
-from brats_seg.data.patches import (CaseArrays, crop_patch, is_forced_foreground, open_case, read_region,
-                                    warped_patch)
-from brats_seg.train.config import AugmentConfig
+from brats_seg.seg3d.augment import augment_intensity, random_flip
+from brats_seg.seg3d.loader import PatchDataset, StreamSampler, make_loader
+from brats_seg.seg3d.patches import CaseArrays, crop_patch, is_forced_foreground, open_case, read_region, warped_patch
+from brats_seg.seg3d.config import AugmentConfig
 from tests.train_fixtures import foreground_rows, make_case, make_dataset, write_case
 
 torch.set_num_threads(1)
@@ -67,7 +66,7 @@ def test_padding_when_volume_is_smaller(tmp_path):
 def test_outside_lets_random_patches_reach_past_the_crop(tmp_path):
     """outside=0.25 (of a 16-voxel patch): random patch starts spread over [-4, size-16+4] per axis,
     reaching both ends; outside=0 keeps them inside, and forced patches are unaffected."""
-    from brats_seg.data.patches import choose_centre
+    from brats_seg.seg3d.patches import choose_centre
 
     path = make_dataset(tmp_path, n_cases=1, shape=(32, 32, 32), radius=3.0)
     case = open_case(tmp_path, _entries(path)[0])

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_seg import synth, synth_shapes
+from brats_seg.synth import phantoms as synth, shapes as synth_shapes
 from brats_seg.cli import main
 
 SHAPE = (48, 48, 32)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.metrics import dice_per_region, dice_per_region_torch, mean_dice
-from brats_seg.train.config import Config3D, ScheduleConfig, config_hash, load_config
-from brats_seg.train.schedule import LRSchedule
-from brats_seg.train.split import kfold_split
+from brats_seg.evaluate.dice import dice_per_region, dice_per_region_torch, mean_dice
+from brats_seg.seg3d.config import Config3D, ScheduleConfig, config_hash, load_config
+from brats_seg.engine.schedule import LRSchedule
+from brats_seg.seg3d.split import kfold_split
 
 torch.set_num_threads(1)
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"

@@ -1,0 +1,192 @@
+"""Checkpoints: atomic, exact (every RNG state), loadable with weights_only=True, two deep.
+
+RUN_DIR/checkpoints/latest.pt is written to a temp file, fsynced, and os.replace'd into place after
+the old latest became previous.pt, so a crash at any moment leaves at least one complete
+checkpoint. Loading tries latest, then previous (warning that names the unreadable file). RNG
+states are stored as tensors, lists and numbers only, so torch.load(weights_only=True) reads them
+and no unsafe unpickling fallback exists. best.pt holds the best weights plus the metadata that
+inference needs to rebuild the model.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brats_seg.errors import InputError
+from brats_seg.core.atomic import atomic_path
+
+FORMAT = "brats-seg-checkpoint"
+VERSION = 1
+CKPT_DIR = "checkpoints"
+LATEST, PREVIOUS, BEST = "latest.pt", "previous.pt", "best.pt"
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# ---- RNG state as weights_only-safe values ------------------------------------------------------
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy (global) and torch (CPU and every CUDA device) RNG states."""
+    version, pystate, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": {"version": version, "state": torch.tensor(pystate, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- save / load ---------------------------------------------------------------------------------
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """Write latest.pt atomically, keeping the former latest as previous.pt."""
+    folder = checkpoint_dir(run_dir)
+    latest, previous = folder / LATEST, folder / PREVIOUS
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    with atomic_path(latest) as tmp:
+        torch.save(payload, tmp)
+        if latest.exists():
+            os.replace(latest, previous)
+    return latest
+
+
+def _read(path: Path) -> dict[str, Any]:
+    import warnings
+
+    with warnings.catch_warnings():  # torch warns about legacy formats; our error says it all
+        warnings.simplefilter("ignore")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError("not a brats-seg checkpoint")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"checkpoint version {payload.get('version')!r}, expected {VERSION}")
+    return payload
+
+
+def load_latest(run_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint of a run and its path; InputError if there is none."""
+    folder = checkpoint_dir(run_dir)
+    candidates = [folder / LATEST, folder / PREVIOUS]
+    failures = []
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            payload = _read(path)
+        except Exception as exc:  # any unreadable file: truncated zip, bad pickle, wrong format
+            failures.append(path)
+            warn(f"{path}: cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                 "falling back to the previous checkpoint")
+            continue
+        if failures:
+            warn(f"resuming from {path} instead of the unreadable {failures[0]}")
+        return payload, path
+    if failures:
+        raise InputError(folder, "no readable checkpoint (latest.pt and previous.pt are both damaged)")
+    raise InputError(folder, "no checkpoint to resume from; run without --resume to start a new run")
+
+
+def check_compatible(payload: dict[str, Any], path: Path, config_hash: str, data_sha256: str) -> None:
+    """Refuse to resume with a different config or different data (data_sha256: the trainer's data
+    identity; the 3D trainer uses a fingerprint of case ids, file hashes and preprocessing)."""
+    if payload.get("config_hash") != config_hash:
+        raise InputError(path, "was written with a different config (config hash "
+                               f"{str(payload.get('config_hash'))[:12]} != {config_hash[:12]}); resume with "
+                               "the run's config (RUN_DIR/config.yaml) or start a new run directory")
+    if payload.get("data_sha256") != data_sha256:
+        raise InputError(path, "was written for different data (case list, case files or preprocessing "
+                               "differ); resume with the same preprocessed dataset or start a new run directory")
+
+
+def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any],
+              metrics: dict[str, Any]) -> Path:
+    """best.pt: weights + model metadata + the metrics that made it best."""
+    path = checkpoint_dir(run_dir) / BEST
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, "model": model_state, "meta": meta,
+                    "metrics": metrics}, tmp)
+    return path
+
+
+def model_checkpoint(path: Path) -> Path:
+    """The file a run dir stands for (checkpoints/best.pt, else latest.pt), or the file given."""
+    path = Path(path)
+    if path.is_dir():
+        folder = checkpoint_dir(path)
+        path = folder / BEST if (folder / BEST).exists() else folder / LATEST
+    if not path.is_file():
+        raise InputError(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt")
+    return path
+
+
+def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, meta) from best.pt/latest.pt or a run dir (its best.pt, else latest.pt).
+
+    meta: model, model_kwargs, loss_mode ('regions': sigmoid WT/TC/ET; 'labels': softmax 0..3),
+    patch_size, channels, spacing (the training data's voxel size), preprocess (the preprocessed
+    manifest's config section: spacing 'native' or [x, y, z], dtype).
+    """
+    from brats_seg.models.registry import create_model
+
+    path = model_checkpoint(path)
+    payload = _read_or_input_error(path)
+    try:
+        meta = payload["meta"]
+        model = create_model(meta["model"], **meta["model_kwargs"])
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(path, f"is not a usable model checkpoint ({type(exc).__name__}: {first})")
+    return model.to(device).eval(), meta
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
+    """Start a run from another run's weights (fine-tuning): the checkpoint must hold the same
+    architecture (model name and arguments); only the weights are taken, not the optimiser or
+    the progress, so the new run has its own schedule. Returns the file used."""
+    path = model_checkpoint(path)
+    payload = _read_or_input_error(path)
+    theirs, weights = payload.get("meta") or {}, payload.get("model") or {}
+
+    def architecture(m: dict) -> tuple:  # dropout changes no weight
+        kwargs = {k: v for k, v in (m.get("model_kwargs") or {}).items() if k != "dropout"}
+        return m.get("model"), kwargs
+
+    if architecture(theirs) != architecture(meta):
+        raise InputError(path, f"holds a different model ({architecture(theirs)}, this run "
+                               f"{architecture(meta)}); model.init_from needs the same architecture")
+    model.load_state_dict(weights)
+    return path
+
+
+def _read_or_input_error(path: Path) -> dict[str, Any]:
+    try:
+        return _read(path)
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a brats-seg checkpoint ({type(exc).__name__})")

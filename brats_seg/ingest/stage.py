@@ -1,0 +1,66 @@
+"""Ingestion stage: discover cases in one or more source folders, validate them, write raw.json."""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from brats_seg.errors import InputError
+from brats_seg.ingest.layouts import BRATS_CHANNELS, CaseSpec, discover
+from brats_seg.ingest.validate import validate_case
+from brats_seg.io.manifest import new_manifest, save_manifest
+
+
+def _validate_or_reason(args: tuple[CaseSpec, str]) -> tuple[dict | None, str | None]:
+    spec, labels = args
+    try:
+        return validate_case(spec, labels), None
+    except InputError as err:
+        return None, err.line()
+
+
+def ingest(sources: list[Path], out: Path, layout: str = "auto", labels: str = "auto",
+           channels: tuple[str, ...] = BRATS_CHANNELS, skip_invalid: bool = False, workers: int = 1) -> dict:
+    """Validate every case of `sources` and write the raw manifest to `out` (atomically)."""
+    out = Path(out)
+    specs = [spec for src in sources for spec in discover(Path(src), layout, channels)]
+    _check_unique(specs)
+    roots = [Path(src).resolve() for src in sources]
+    jobs = [(spec, labels) for spec in specs]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_validate_or_reason, jobs))
+    else:
+        results = [_validate_or_reason(job) for job in jobs]
+    config = {"layout": layout, "labels": labels, "channels": list(channels), "sources": [str(s) for s in sources]}
+    manifest = new_manifest("raw", config)
+    manifest["roots"] = [os.path.relpath(r, out.resolve().parent) for r in roots]
+    manifest["rejected"] = []
+    for spec, (entry, reason) in zip(specs, results):
+        if reason is not None:
+            if not skip_invalid:
+                raise _reraise(reason)
+            manifest["rejected"].append({"id": spec.case_id, "reason": reason})
+            continue
+        entry["root"] = roots.index(Path(spec.root).resolve())
+        for warning in entry["warnings"]:
+            print(f"warning: {spec.case_id}: {warning}", file=sys.stderr)
+        manifest["cases"].append(entry)
+    save_manifest(out, manifest)
+    return manifest
+
+
+def _check_unique(specs: list[CaseSpec]) -> None:
+    seen: dict[str, Path] = {}
+    for spec in specs:
+        if spec.case_id in seen:
+            raise InputError(spec.case_id, f"duplicate case id in {seen[spec.case_id]} and {spec.root}; expected unique case ids")
+        seen[spec.case_id] = spec.root
+
+
+def _reraise(line: str) -> InputError:
+    """Rebuild an InputError from its printed line (results cross process boundaries as text)."""
+    body = line.removeprefix("error: ")
+    where, _, message = body.partition(": ")
+    return InputError(where, message)

@@ -1,0 +1,90 @@
+"""Training augmentation drawn from one NumPy Generator per sample, so a sample is a pure function
+of (seed, rank, epoch, index) and no worker or process state leaks into the data stream.
+
+Spatial: rotation about each axis and isotropic scaling become one 3x3 matrix that the patch
+reader applies while reading (patches.warped_patch), so a rotated patch costs one interpolation of
+a bounding box, never a whole volume. Intensity (per channel, vectorised over the patch):
+multiplicative brightness, contrast about the mean, gamma on the [0, 1]-rescaled range, Gaussian
+noise. Mirroring last (views, then one contiguous copy).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from brats_seg.seg3d.config import AugmentConfig
+
+
+def rotation_matrix(angles: np.ndarray) -> np.ndarray:
+    """Rotation by angles (radians) about axes 0, 1, 2, applied in that order."""
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def draw_spatial(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | None:
+    """A patch-to-volume matrix (rotation / zoom), or None for a plain crop."""
+    if not cfg.enabled:
+        return None
+    rotate = rng.random() < cfg.rotate_prob
+    scale = rng.random() < cfg.scale_prob
+    if not (rotate or scale):
+        return None
+    matrix = np.eye(3)
+    if rotate:
+        limit = np.deg2rad(cfg.rotate_max_deg)
+        matrix = rotation_matrix(rng.uniform(-limit, limit, size=3))
+    if scale:
+        zoom = rng.uniform(*cfg.scale_range)  # > 1 enlarges: the patch covers less of the volume
+        matrix = matrix / zoom
+    return matrix
+
+
+def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Brightness, contrast, gamma and noise on a float32 (C, X, Y, Z) patch, in place."""
+    if not cfg.enabled:
+        return image
+    n = image.shape[0]
+    flat = image.reshape(n, -1)
+    if rng.random() < cfg.brightness_prob:
+        flat *= rng.uniform(*cfg.brightness_range, size=(n, 1)).astype(np.float32)
+    if rng.random() < cfg.contrast_prob:
+        mean = flat.mean(axis=1, keepdims=True)
+        factor = rng.uniform(*cfg.contrast_range, size=(n, 1)).astype(np.float32)
+        flat -= mean
+        flat *= factor
+        flat += mean
+    if rng.random() < cfg.gamma_prob:
+        _gamma(flat, rng.uniform(*cfg.gamma_range, size=n))
+    if rng.random() < cfg.noise_prob:
+        sigma = np.float32(rng.uniform(0.0, cfg.noise_std))
+        flat += rng.standard_normal(flat.shape, dtype=np.float32) * sigma
+    return image
+
+
+def _gamma(flat: np.ndarray, gammas: np.ndarray) -> None:
+    """x -> lo + (hi - lo) * ((x - lo) / (hi - lo)) ** gamma per channel; keeps each channel's range."""
+    for row, g in zip(flat, gammas):
+        lo, hi = float(row.min()), float(row.max())
+        if hi - lo < 1e-6:
+            continue
+        span = np.float32(hi - lo)
+        row -= np.float32(lo)
+        row /= span
+        np.power(row, np.float32(g), out=row)
+        row *= span
+        row += np.float32(lo)
+
+
+def random_flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator,
+                cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mirror each spatial axis with probability flip_prob; returns contiguous arrays."""
+    flips = rng.random(3) < cfg.flip_prob if cfg.enabled else np.zeros(3, bool)
+    axes = tuple(int(a) for a in np.nonzero(flips)[0])
+    if axes:
+        image = np.flip(image, axis=tuple(a + 1 for a in axes))
+        if label is not None:
+            label = np.flip(label, axis=axes)
+    image = np.ascontiguousarray(image)
+    return image, None if label is None else np.ascontiguousarray(label)
