@@ -36,20 +36,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
-    """Commands whose module exists (stages land one issue at a time)."""
-    found = {}
-    for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(f"brats_seg.commands.{module}") is not None:
-            found[name] = (module, help_text)
-    return found
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the project's one line (`error: <command>: ...`, exit 2) instead
+    of a usage block followed by an error line; `--help` still prints the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        line = " ".join(f"error: {self.prog}: {message}; see {self.prog} --help".split())
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(EXIT_INPUT_ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brats-seg", description=__doc__.splitlines()[0])
+    """The parser of every command in COMMANDS (a missing command module is an ImportError, not a gap)."""
+    parser = OneLineParser(prog="brats-seg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"brats-seg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in _available().items():
+    for name, (module, help_text) in COMMANDS.items():
         cmd = importlib.import_module(f"brats_seg.commands.{module}")
         p = sub.add_parser(name, help=help_text, description=help_text)
         cmd.configure(p)
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user errors end as one line and exit code 2, not a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

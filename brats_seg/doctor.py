@@ -25,24 +25,22 @@ def environment() -> list[tuple[str, str]]:
 
 
 def check_install(lines: list) -> list[str]:
-    """Import every stage and build every registered model's module; report what fails."""
+    """Import every stage and every model module (where the registry's factories live); report what fails."""
     import importlib
+    import pkgutil
 
-    from brats_seg.models.registry import _BUILTIN
+    import brats_seg.models
+    from brats_seg.models.registry import available_models
 
     problems = []
+    model_modules = [f"brats_seg.models.{m.name}" for m in pkgutil.iter_modules(brats_seg.models.__path__)]
     for module in ("brats_seg.ingest.stage", "brats_seg.preprocess.stage", "brats_seg.engine.loop", "brats_seg.infer.segmenter",
-                   "brats_seg.evaluate.stage", "SimpleITK", "nibabel", "monai"):
+                   "brats_seg.evaluate.stage", "SimpleITK", "nibabel", "monai", *model_modules):
         try:
             importlib.import_module(module)
         except Exception as exc:  # report, never crash: this is the diagnostic tool
             problems.append(f"import {module}: {type(exc).__name__}: {exc}")
-    for name, target in sorted(_BUILTIN.items()):
-        try:
-            importlib.import_module(target.split(":")[0])
-        except Exception as exc:
-            problems.append(f"model {name}: {type(exc).__name__}: {exc}")
-    lines.append(("models", ", ".join(sorted(_BUILTIN))))
+    lines.append(("models", ", ".join(available_models())))
     return problems
 
 

@@ -42,8 +42,8 @@ def write_synth_case(folder: Path, case_id: str, seed, shape=(48, 48, 32), kind:
     case_dir = Path(folder) / case_id
     case_dir.mkdir(parents=True, exist_ok=True)
     for name, image in ph.images.items():
-        synth.write_nifti(np.ascontiguousarray(np.transpose(image, perm)), affine, case_dir / f"{case_id}_{name}.nii.gz")
-    synth.write_nifti(np.ascontiguousarray(np.transpose(ph.seg, perm)), affine, case_dir / f"{case_id}_seg.nii.gz")
+        synth.write_reproducible(np.ascontiguousarray(np.transpose(image, perm)), affine, case_dir / f"{case_id}_{name}.nii.gz")
+    synth.write_reproducible(np.ascontiguousarray(np.transpose(ph.seg, perm)), affine, case_dir / f"{case_id}_seg.nii.gz")
     return case_dir
 
 
@@ -89,7 +89,7 @@ def rewrite_channel(case_dir: Path, channel: str, delta: int = 7) -> Path:
     idx = tuple(int(v[len(v) // 2]) for v in np.nonzero(data))
     data[idx] += delta
     if path.name.endswith(".nii.gz"):
-        synth.write_nifti(data, img.affine, path)
+        synth.write_reproducible(data, img.affine, path)
     else:
         _save_nifti(data, img.affine, path)
     return path
@@ -150,14 +150,15 @@ def without_created_at(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k != "created_at"}
 
 
-def raw_case_files(raw_path: Path) -> dict[str, dict[str, Path]]:
-    """case id -> {'t1': Path, ..., 'seg': Path, 'convention': str} resolved through the raw manifest."""
+def raw_case_files(raw_path: Path, data_roots=()) -> dict[str, dict[str, Path]]:
+    """case id -> {'t1': Path, ..., 'seg': Path, 'convention': str} resolved through the raw manifest
+    (data_roots: as --data-root, for roots outside the manifest's folder)."""
     from brats_seg.io.manifest import manifest_root
 
     raw = load_json(raw_path)
     out = {}
     for case in raw["cases"]:
-        root = manifest_root(raw_path, raw, case["root"])
+        root = manifest_root(raw_path, raw, case["root"], data_roots)
         files = {c: root / case["images"][c]["path"] for c in case["channels"]}
         if case.get("seg"):
             files["seg"] = root / case["seg"]["path"]

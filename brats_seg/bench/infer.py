@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from brats_seg.bench.common import markdown_table, save_report
+from brats_seg.bench.common import alternate, markdown_table, save_report
+from brats_seg.bench.infer_checks import diagnose, region_agreement
 
 SIDES = ("ours", "monai")
 TARGETS = {"ratio_max": 0.33, "agreement_min": 0.98, "ours_rss_gb_max": 3.0}
@@ -51,14 +52,6 @@ def monai_window_count(shape: Sequence[int], roi: Sequence[int], overlap: float)
         step = r if size == r else max(int(r * (1.0 - overlap)), 1)
         total *= next(d for d in range(math.ceil(size / step) + 1) if d * step + r >= size) + 1
     return total
-
-
-def region_agreement(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Dice per region (WT, TC, ET) between two canonical label maps, plus their mean."""
-    from brats_seg.evaluate.dice import dice_per_region, mean_dice
-
-    scores = dice_per_region(ours, reference)
-    return {**scores, "mean": mean_dice(scores)}
 
 
 def ras_to_file(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -86,11 +79,7 @@ def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up: thread pool and kernel selection
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
+    best = min(c.seconds for c in alternate({"mm": lambda: torch.mm(a, b)}, repeats)["mm"])
     return 2.0 * n ** 3 / best / 1e9
 
 
@@ -99,8 +88,8 @@ def forward_gflop(model: Path, shapes: Sequence[Shape]) -> dict[Shape, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from brats_seg.infer.runs import checkpoint_file
     from brats_seg.engine.checkpoint import load_inference_model
+    from brats_seg.infer.runs import checkpoint_file
 
     net, _ = load_inference_model(checkpoint_file(Path(model)), "cpu")
     net = net.to("meta")
@@ -189,8 +178,8 @@ def monai_predict(files: Sequence[str], chain, forward: Callable, window: int, m
 
 def _monai_runner(model: Path, case: Path, window: int) -> Callable[[], dict]:
     """MONAI's chain and sliding_window_inference over the whole volume, with the same weights."""
-    from brats_seg.infer.runs import checkpoint_file
     from brats_seg.engine.checkpoint import load_inference_model
+    from brats_seg.infer.runs import checkpoint_file
 
     net, meta = load_inference_model(checkpoint_file(Path(model)), "cpu")
     files, chain = case_files(case, meta["channels"]), monai_chain()
@@ -210,16 +199,12 @@ def _monai_labels(image, forward: Callable, window: int, mode: str) -> np.ndarra
     import torch
     from monai.inferers import sliding_window_inference
 
-    from brats_seg.seg3d.losses import regions_to_labels
+    from brats_seg.io.regions import activate, probabilities_to_labels
 
     with torch.inference_mode():
         logits = sliding_window_inference(image[None], (window,) * 3, 1, forward, overlap=0.5, mode="gaussian")
-        logits = torch.as_tensor(logits)
-        if mode == "regions":
-            labels = regions_to_labels(torch.sigmoid(logits), threshold=0.5)
-        else:
-            labels = torch.softmax(logits, dim=1).argmax(dim=1)
-    return labels[0].to(torch.uint8).numpy()
+        labels = probabilities_to_labels(activate(torch.as_tensor(logits)[0], mode), mode)
+    return labels.to(torch.uint8).numpy()
 
 
 def _worker(side: str, model: str, case: str, threads: int, window: int, conn) -> None:
@@ -287,10 +272,8 @@ def _measure(model: Path, case: Path, threads: int, window: int, repeats: int) -
         for name in SIDES:  # one at a time, so loading one does not slow the other's warm-up
             sides[name] = _Side(name, model, case, threads, window)
             sides[name].ask("run")
-        runs: dict[str, list[dict]] = {name: [] for name in SIDES}
-        for _ in range(repeats):
-            for name in SIDES:
-                runs[name].append(sides[name].ask("run"))
+        calls = alternate({name: lambda side=sides[name]: side.ask("run") for name in SIDES}, repeats)
+        runs = {name: [c.value for c in calls[name]] for name in SIDES}  # timed inside the workers
         rss = {name: sides[name].ask("rss") for name in SIDES}
     finally:
         for side in sides.values():
@@ -344,8 +327,6 @@ def bench_infer(model: Path, case: Path, threads: int = 2, out: Path | None = Pa
 
 
 def _diagnose(model: Path, case: Path, window: int, threads: int, runs: dict[str, list[dict]]) -> dict:
-    from brats_seg.bench.infer_checks import diagnose
-
     return diagnose(model, case, window, threads, runs["ours"][-1]["labels"], runs["monai"][-1]["labels"])
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brats_seg.evaluate.dice import dice_per_region, mean_dice
+
 
 def crop_reference_labels(model: Path, case: Path, window: int, threads: int) -> np.ndarray:
     """MONAI's sliding_window_inference (Gaussian, overlap 0.5) over our in-memory preprocessing of
@@ -45,8 +47,8 @@ def _crop_labels(loaded, case: Path, window: int) -> np.ndarray:
 def truth_labels(case: Path, channels: list[str]) -> np.ndarray | None:
     """The case folder's label file in canonical labels, or None when it has none."""
     from brats_seg.infer.prepare import from_case_dir
-    from brats_seg.io.labels import to_canonical
     from brats_seg.ingest.layouts import discover
+    from brats_seg.io.labels import to_canonical
     from brats_seg.io.volume import read_volume
 
     specs = discover(Path(case), "auto", tuple(channels))
@@ -56,11 +58,15 @@ def truth_labels(case: Path, channels: list[str]) -> np.ndarray | None:
     return to_canonical(read_volume(specs[0].segs[0])[0], convention)
 
 
+def region_agreement(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Dice per region (WT, TC, ET) between two canonical label maps, plus their mean."""
+    scores = dice_per_region(ours, reference)
+    return {**scores, "mean": mean_dice(scores)}
+
+
 def diagnose(model: Path, case: Path, window: int, threads: int, ours: np.ndarray, monai: np.ndarray) -> dict:
     """Agreement of ours with MONAI over our crop, and every prediction's Dice against the truth."""
-    from brats_seg.bench.infer import region_agreement
     from brats_seg.infer.segmenter import Segmenter
-    from brats_seg.evaluate.dice import dice_per_region, mean_dice
 
     torch.set_num_threads(threads)
     loaded = Segmenter.from_run(model)  # once: its weights for the crop run, its channels for the truth
@@ -71,6 +77,5 @@ def diagnose(model: Path, case: Path, window: int, threads: int, ours: np.ndarra
     if truth is not None:
         out["dice_vs_truth"] = {}
         for name, labels in (("ours", ours), ("monai", monai), ("monai_same_crop", crop)):
-            scores = dice_per_region(labels, truth)
-            out["dice_vs_truth"][name] = {**scores, "mean": mean_dice(scores)}
+            out["dice_vs_truth"][name] = region_agreement(labels, truth)
     return out

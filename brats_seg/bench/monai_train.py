@@ -70,8 +70,8 @@ def _raw_items(data: Dataset3D) -> tuple[list[dict], str]:
     for entry in data.train:
         case = by_id[entry["id"]]
         root = manifest_root(raw_path, raw, case["root"])
-        images = [str(resolve_inside(root, case["images"][ch]["path"], case["id"])) for ch in data.channels]
-        items.append({"image": images, "label": str(resolve_inside(root, case["seg"]["path"], case["id"]))})
+        images = [str(resolve_inside(root, case["images"][ch]["path"], case["id"], case.get("links"))) for ch in data.channels]
+        items.append({"image": images, "label": str(resolve_inside(root, case["seg"]["path"], case["id"], case.get("links")))})
         conventions.add(case["label_convention"])
     if len(conventions) != 1:
         raise InputError(raw_path, f"cases mix label conventions {sorted(conventions)}; the reference needs one")

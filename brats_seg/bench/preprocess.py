@@ -13,26 +13,28 @@ other load does not inflate) as a second, steadier view of the same ratio.
 """
 from __future__ import annotations
 
+import itertools
 import resource
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from brats_seg.bench.common import markdown_table, pool_map, save_report, timed
+from brats_seg.bench.common import alternate, markdown_table, pool_map, save_report
 from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
 
 
-def _case_files(raw_path: Path) -> list[dict]:
+def _case_files(raw_path: Path, data_roots: tuple[Path, ...] = ()) -> list[dict]:
     raw = load_manifest(raw_path, stage="raw")
     cases = []
     for case in raw["cases"]:
-        root = manifest_root(raw_path, raw, case["root"])
-        files = {c: str(resolve_inside(root, case["images"][c]["path"], case["id"])) for c in case["channels"]}
+        root = manifest_root(raw_path, raw, case["root"], data_roots)
+        files = {c: str(resolve_inside(root, case["images"][c]["path"], case["id"], case.get("links"))) for c in case["channels"]}
         if case.get("seg"):
-            files["seg"] = str(resolve_inside(root, case["seg"]["path"], case["id"]))
+            files["seg"] = str(resolve_inside(root, case["seg"]["path"], case["id"], case.get("links")))
         cases.append({"id": case["id"], "files": files})
     return cases
 
@@ -64,6 +66,10 @@ def _monai_case(job: tuple[dict, str]) -> None:
     np.save(folder / "label.npy", np.asarray(data["label"]))
 
 
+def _monai_all(cases: list[dict], out: Path, workers: int) -> None:
+    pool_map(_monai_case, [(c, str(out)) for c in cases], workers)
+
+
 SIDES = ("decode floor (nibabel)", "brats-seg preprocess", "MONAI chain")
 
 
@@ -73,36 +79,42 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _measured(fn, *args) -> tuple[float, float]:
-    cpu = _cpu_seconds()
-    wall, _ = timed(fn, *args)
-    return wall, _cpu_seconds() - cpu
+def _cpu_of(run: Callable[[], object]) -> Callable[[], float]:
+    """`run` returning the CPU seconds it cost (the harness times its wall seconds)."""
+    def measured() -> float:
+        cpu = _cpu_seconds()
+        run()
+        return _cpu_seconds() - cpu
+    return measured
 
 
-def bench_preprocess(raw_path: Path, workers: int = 2, out: Path | None = None, rounds: int = 5) -> dict:
+def bench_preprocess(raw_path: Path, workers: int = 2, out: Path | None = None, rounds: int = 5,
+                     data_roots: tuple[Path, ...] = ()) -> dict:
+    """Time the three sides in `rounds` alternating rounds; print the table, write `out`, return the report.
+    data_roots: where the raw manifest's roots may lie besides its own folder (--data-root)."""
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import run_preprocess
 
-    cases = _case_files(raw_path)
+    cases = _case_files(raw_path, data_roots)
     n = len(cases)
     scratch = Path(tempfile.mkdtemp(prefix="brats-bench-"))
-    runs: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
+    fresh = (scratch / str(i) for i in itertools.count())  # a fresh folder per run, so ours never skips
+    sides = {SIDES[0]: lambda: pool_map(_decode_only, cases, workers),
+             SIDES[1]: lambda: run_preprocess(raw_path, next(fresh), PreprocessConfig(), workers,
+                                              data_roots=data_roots),
+             SIDES[2]: lambda: _monai_all(cases, next(fresh), workers)}
     try:
         pool_map(_decode_only, cases, workers)  # warm the page cache equally for all sides
-        for r in range(rounds):
-            sides = {SIDES[0]: (pool_map, _decode_only, cases, workers),
-                     SIDES[1]: (run_preprocess, raw_path, scratch / f"ours{r}", PreprocessConfig(), workers),
-                     SIDES[2]: (pool_map, _monai_case, [(c, str(scratch / f"monai{r}")) for c in cases], workers)}
-            for side, call in sides.items():
-                runs[side].append(_measured(*call))
-            _clear(scratch)
+        calls = alternate({side: _cpu_of(run) for side, run in sides.items()}, rounds,
+                          before_block=lambda side: _clear(scratch) if side == SIDES[0] else None)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    runs = {side: [(c.seconds, c.value) for c in side_calls] for side, side_calls in calls.items()}
     return _report(runs, n, workers, rounds, out)
 
 
 def _clear(scratch: Path) -> None:
-    """Each round writes into fresh folders (so ours never skips); drop the last round's outputs."""
+    """Drop the last round's outputs before the next round (disk space, page cache)."""
     for child in scratch.iterdir():
         shutil.rmtree(child, ignore_errors=True)
 

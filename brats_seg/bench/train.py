@@ -1,8 +1,7 @@
-"""Table for `brats-seg bench train` (the measuring is in brats_seg/train/bench.py)."""
+"""Table for `brats-seg bench train` (the measuring is in brats_seg/bench/train_step.py)."""
 from __future__ import annotations
 
 from brats_seg.bench.common import markdown_table
-
 
 REFERENCES = (("monai", "MONAI loop on our preprocessed arrays"),
               ("monai_tutorial", "MONAI BraTS-tutorial loop (raw NIfTI per sample)"))

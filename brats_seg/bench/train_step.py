@@ -19,21 +19,22 @@ import contextlib
 import os
 import signal
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from brats_seg.bench.common import alternate, seconds
 from brats_seg.bench.monai_train import monai_preprocessed_loader, monai_tutorial_loader
 from brats_seg.seg3d.config import load_config
 from brats_seg.seg3d.data import open_dataset
 from brats_seg.engine.distributed import DistInfo, pick_device
-from brats_seg.engine.loop import _after_step, _stop_reason
+from brats_seg.engine.loop import after_step, stop_reason
 from brats_seg.engine.runtime import StopFlag
 from brats_seg.engine.session import build_state, start_session
 from brats_seg.engine.state import TrainState
 from brats_seg.engine.step import optimizer_step, train_step
+from brats_seg.seg3d.trainer import task_3d
 
 
 def _sync(device: torch.device) -> None:
@@ -49,23 +50,18 @@ def _time_blocks(fns: dict[str, Callable[[], Any]], drains: dict[str, Callable[[
     the steady state, in which loading has to keep up with the steps. The other contenders'
     loader workers are paused (SIGSTOP) during a block, so their prefetching costs nobody else."""
     loaders = loaders or {}
-    times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def before_block(name: str) -> None:
+        for other, loader in loaders.items():
+            _signal_workers(loader, signal.SIGCONT if other == name else signal.SIGSTOP)
+        drains.get(name, lambda: None)()
+
     try:
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                for other, loader in loaders.items():
-                    _signal_workers(loader, signal.SIGCONT if other == name else signal.SIGSTOP)
-                drains.get(name, lambda: None)()
-                for _ in range(block):
-                    _sync(device)
-                    start = time.perf_counter()
-                    fn()
-                    _sync(device)
-                    times[name].append(time.perf_counter() - start)
+        calls = alternate(fns, rounds, block, before_block, sync=lambda: _sync(device))
     finally:
         for loader in loaders.values():
             _signal_workers(loader, signal.SIGCONT)
-    return {name: float(sorted(t)[len(t) // 2]) for name, t in times.items()}
+    return {name: float(sorted(seconds(c))[len(c) // 2]) for name, c in calls.items()}
 
 
 def _signal_workers(loader: Any, sig: int) -> None:
@@ -104,8 +100,8 @@ def _loop_step(state: TrainState, session, batches) -> Callable[[], None]:
     def run() -> None:
         loss = train_step(state, [next(batches) for _ in range(accum)])
         finite = optimizer_step(state, session.cfg.optim.grad_clip)
-        _after_step(state, session, loss, finite)
-        _stop_reason(state, session)
+        after_step(state, session, loss, finite)
+        stop_reason(state, session)
     return run
 
 
@@ -122,10 +118,11 @@ def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str]
     dataset = open_dataset(data, cfg)
     info = DistInfo(device=pick_device(cfg.train.device))
     with tempfile.TemporaryDirectory(prefix="brats-bench-") as tmp:
-        plain = build_state(load_config(config, [*overrides, "data.fold=-1", "train.memory_format=contiguous"]),
-                            dataset, info, Path(tmp))  # the references' layout, same initial weights
-        state = build_state(cfg, dataset, info, Path(tmp))
-        session = start_session(state, cfg, dataset, StopFlag(), resume=False)
+        plain = build_state(task_3d(load_config(config, [*overrides, "data.fold=-1", "train.memory_format=contiguous"]),
+                                    dataset), info, Path(tmp))  # the references' layout, same initial weights
+        task = task_3d(cfg, dataset)
+        state = build_state(task, info, Path(tmp))
+        session = start_session(state, task, StopFlag(), resume=False)
         session.sampler.set_position(0, 0)
         batches = _endless(session.loader)
         first = next(batches)

@@ -1,0 +1,1 @@
+"""One module per CLI subcommand: configure(parser) adds its arguments, run(args) does the work."""

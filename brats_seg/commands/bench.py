@@ -1,4 +1,4 @@
-"""`brats-seg bench {preprocess,train,infer,2d}`: speed measured side by side against a reference.
+"""`brats-seg bench {preprocess,train,infer,2d,contracts}`: speed measured side by side against a reference.
 
 Each prints a Markdown table and writes JSON + Markdown under --out (default runs/bench/).
 """
@@ -21,7 +21,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     pre.add_argument("--out", type=Path, default=Path("runs/bench/preprocess.json"))
     tr = sub.add_parser("train", help="train step vs pure forward+backward, and vs a MONAI loop")
     tr.add_argument("--data", type=Path, default=SHARED_BRATS, help="BraTS case folders (preprocessed at --spacing)")
-    tr.add_argument("--config", type=Path, default=PIPELINES / "train_cpu.yaml")
+    tr.add_argument("--config", type=Path, default=PIPELINES / "train" / "train_cpu.yaml")
     tr.add_argument("--spacing", default="2.0")
     tr.add_argument("--steps", type=int, default=10)
     tr.add_argument("--out", type=Path, default=Path("runs/bench/train.json"))
@@ -37,10 +37,36 @@ def configure(p: argparse.ArgumentParser) -> None:
     two.add_argument("--threads", type=int, default=2)
     two.add_argument("--train-seconds", type=float, default=300.0, help="training time when no --model is given")
     two.add_argument("--out", type=Path, default=Path("runs/bench/2d"))
+    con = sub.add_parser("contracts", help="manifest models vs fastjsonschema on a large raw manifest")
+    con.add_argument("--cases", type=int, default=1000, help="cases in the generated raw manifest")
+    con.add_argument("--rounds", type=int, default=5, help="alternating rounds; best-round medians are reported")
+    con.add_argument("--out", type=Path, default=Path("runs/bench/contracts.json"))
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"preprocess": _preprocess, "train": _train, "infer": _infer, "2d": _two_d}[args.bench](args)
+    _check_args(args)
+    return {"preprocess": _preprocess, "train": _train, "infer": _infer, "2d": _two_d,
+            "contracts": _contracts}[args.bench](args)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Counts are >= 1, the training time a positive number, and no report replaces an input."""
+    import math
+
+    from brats_seg.core.paths import refuse_overwrite
+    from brats_seg.errors import InputError
+
+    for name in ("workers", "rounds", "steps", "threads", "cases"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise InputError(f"--{name}", f"got {value}; expected an integer >= 1")
+    seconds = getattr(args, "train_seconds", None)
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise InputError("--train-seconds", f"got {seconds}; expected a positive number of seconds")
+    inputs = [getattr(args, k) for k in ("data", "config", "model", "case") if getattr(args, k, None) is not None]
+    folder = args.bench == "2d"
+    for out in [args.out] if folder else [args.out, args.out.with_suffix(".md")]:
+        refuse_overwrite(out, inputs, "--out", out_is_folder=folder)
 
 
 def _raw_manifest(data: Path, folder: Path, workers: int = 2) -> Path:
@@ -60,7 +86,8 @@ def _preprocess(args) -> int:
     from brats_seg.bench.preprocess import bench_preprocess
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench_preprocess(_raw_manifest(args.data, Path(tmp), args.workers), args.workers, args.out, args.rounds)
+        bench_preprocess(_raw_manifest(args.data, Path(tmp), args.workers), args.workers, args.out, args.rounds,
+                         (args.data,))
     return 0
 
 
@@ -76,7 +103,8 @@ def _train(args) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = _raw_manifest(args.data, Path(tmp))
-        run_preprocess(raw, Path(tmp) / "pp", PreprocessConfig(spacing=parse_spacing(args.spacing)), workers=2)
+        run_preprocess(raw, Path(tmp) / "pp", PreprocessConfig(spacing=parse_spacing(args.spacing)), workers=2,
+                       data_roots=(args.data,))
         result = bench_train(Path(tmp) / "pp" / "preprocessed.json", args.config, args.overrides, steps=args.steps)
     save_report(args.out, result, format_table(result))
     return 0
@@ -95,4 +123,13 @@ def _two_d(args) -> int:
     _, table = bench_2d(args.out, model=args.model, data=args.data, threads=args.threads,
                         train_seconds=args.train_seconds)
     print(table)
+    return 0
+
+
+def _contracts(args) -> int:
+    from brats_seg.bench.common import save_report
+    from brats_seg.bench.contracts import format_contracts_table, run_contracts_bench
+
+    report = run_contracts_bench(args.cases, args.rounds)
+    save_report(args.out, report, format_contracts_table(report))
     return 0

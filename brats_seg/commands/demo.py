@@ -1,14 +1,15 @@
 """`brats-seg demo [--out runs/demo] [--minutes M] [--data DIR]`: the whole pipeline, one command.
 
-Without --data: synthetic phantoms (pipelines/demo.yaml). With --data: real BraTS case folders
-(pipelines/demo_real.yaml). Ends with OUT/report.md.
+Without --data: synthetic phantoms (pipelines/runs/demo.yaml). With --data: real BraTS case folders
+(pipelines/runs/demo_real.yaml). Ends with OUT/report.md.
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines" / "runs"
 OVERHEAD_S = 90  # synth, ingest, preprocess, predict, evaluate and report on the demo phantoms
 
 
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise InputError(path, "pipeline file not found; run the demo from a checkout of brats-seg")
     variables = {"data": str(Path(args.data).resolve())} if args.data else {}
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise InputError("--minutes", f"got {args.minutes}; expected a positive number of minutes")
     if args.minutes is not None:
         variables["train_budget_s"] = str(max(30, int(args.minutes * 60 - OVERHEAD_S)))
     run_pipeline(path, args.out, variables, args.force)

@@ -1,6 +1,6 @@
 """`brats-seg distill`: train a 2D student from a frozen teacher (knowledge distillation).
 
-    brats-seg distill --config pipelines/camvid_distill_mobilenet.yaml --teacher RUN_OR_CKPT
+    brats-seg distill --config pipelines/train/camvid_distill_mobilenet.yaml --teacher RUN_OR_CKPT
                       --data ROOT --out RUN_DIR [--resume] [section.key=value ...]
 
 The 2D trainer (same run folder, checkpoints, resume and exit codes as `brats-seg train`) with
@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from brats_seg.commands.train import add_run_options, refuse_run_dir_among_inputs
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = "exit codes: 0 done; 2 bad input; 75 stopped by SIGTERM after saving a checkpoint (use --resume)"
-    p.add_argument("--config", type=Path, default=None,
-                   help="2D distillation YAML; with --resume defaults to RUN_DIR/config.yaml")
+    add_run_options(p, config_help="2D distillation YAML",
+                    data_help="dataset root folder (or a dataset YAML with root:)", out_help="student run directory",
+                    overrides_help="config overrides, e.g. distill.temperature=2 distill.alpha=0.7 train.epochs=5")
     p.add_argument("--teacher", type=Path, default=None, help="teacher: 2D run folder or checkpoint (.pt)")
-    p.add_argument("--data", type=Path, required=True, help="dataset root folder (or a dataset YAML with root:)")
-    p.add_argument("--out", type=Path, required=True, help="student run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. distill.temperature=2 distill.alpha=0.7 train.epochs=5")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from brats_seg.errors import InputError
     from brats_seg.seg2d.trainer import load_run_config, train_2d
 
+    refuse_run_dir_among_inputs(args, args.teacher)
     overrides = list(args.overrides)
     if args.teacher is not None:
         if not args.teacher.exists():

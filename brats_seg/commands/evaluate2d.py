@@ -1,4 +1,4 @@
-"""`brats-seg evaluate2d`: the 2D side's evaluate (arguments in brats_seg/twod/cli.py)."""
+"""`brats-seg evaluate2d`: the 2D side's evaluate (arguments in brats_seg/seg2d/cli.py)."""
 from __future__ import annotations
 
 import argparse

@@ -10,7 +10,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brats_seg.preprocess.manifests import merge
+    from brats_seg.preprocess.manifests import PREPROCESSED
 
-    print(f"merged -> {merge(args.folder)}")
+    print(f"merged -> {PREPROCESSED.merge(args.folder)}")
     return 0

@@ -7,10 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from brats_seg.commands.preprocess import add_input_bounds, parse_max_voxels, parse_spacing_range
 from brats_seg.errors import InputError
+
+if TYPE_CHECKING:
+    from brats_seg.infer.segmenter import Segmenter
 
 FILE_CHANNELS = ("t1", "t1ce", "t2", "flair")
 
@@ -42,6 +48,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs")
     p.add_argument("--force", action="store_true", help="with --manifest: redo cases whose outputs are current")
+    add_input_bounds(p)
 
 
 def _check_args(args: argparse.Namespace) -> str:
@@ -56,8 +63,14 @@ def _check_args(args: argparse.Namespace) -> str:
         raise InputError("predict", f"missing {' '.join(missing)}; expected all four images of the case")
     if not 0.0 <= args.overlap < 1.0:
         raise InputError("--overlap", f"{args.overlap} is outside [0, 1); expected e.g. 0.5")
-    if args.window_grow < 0:
-        raise InputError("--window-grow", f"{args.window_grow} is negative; expected e.g. 0.1 or 0 (off)")
+    if not (math.isfinite(args.window_grow) and args.window_grow >= 0):
+        raise InputError("--window-grow", f"{args.window_grow} is not valid; expected a finite value >= 0, e.g. 0.1 or 0 (off)")
+    for flag, value in (("--et-min-mm3", args.et_min_mm3), ("--min-component-mm3", args.min_component_mm3)):
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(flag, f"{value} is not valid; expected a finite volume in mm^3 >= 0 (0 turns the rule off)")
+    if args.data_root and not args.manifest:
+        raise InputError("--data-root", "applies to --manifest only (a raw manifest's roots); --case and the "
+                                        "--t1 .. --flair files are read where they are")
     if (args.batch_size is not None and args.batch_size < 1) or (args.threads is not None and args.threads < 1):
         raise InputError("predict", "--batch-size and --threads must be at least 1")
     return "manifest" if args.manifest else "case"
@@ -73,54 +86,74 @@ def _axes(text: str) -> tuple[int, ...]:
     return axes
 
 
-def load_segmenter(args: argparse.Namespace):
+def load_segmenter(args: argparse.Namespace) -> Segmenter:
+    """The Segmenter the arguments describe (imports torch, so only inside `run`)."""
     from brats_seg.infer.postprocess import PostprocessConfig
     from brats_seg.infer.segmenter import Segmenter
 
-    try:
-        post = PostprocessConfig(et_min_mm3=args.et_min_mm3, min_component_mm3=args.min_component_mm3)
-    except ValueError as exc:
-        raise InputError("predict", str(exc))
+    post = PostprocessConfig(et_min_mm3=args.et_min_mm3, min_component_mm3=args.min_component_mm3)  # checked flags
     return Segmenter.from_run(args.model, device=args.device, threads=args.threads, overlap=args.overlap,
                               mirror_axes=_axes(args.tta_axes) if args.tta else (), batch_size=args.batch_size,
-                              postprocess=post, grow=args.window_grow)
+                              postprocess=post, grow=args.window_grow, max_voxels=parse_max_voxels(args.max_voxels),
+                              spacing_range=parse_spacing_range(args.spacing_range))
 
 
 def run(args: argparse.Namespace) -> int:
     kind = _check_args(args)
     segmenter = load_segmenter(args)
     if kind == "manifest":
-        from brats_seg.commands.preprocess import parse_shard
+        from brats_seg.core.shards import parse_shard
         from brats_seg.infer.batch import BatchOptions, predict_manifest
 
-        opts = BatchOptions(args.label_convention, args.probabilities, args.qa, args.force)
-        summary = predict_manifest(segmenter, args.manifest, args.out, parse_shard(args.shard), opts)
+        opts = BatchOptions(args.label_convention, args.probabilities, args.qa, args.force, tuple(args.data_root))
+        summary = predict_manifest(segmenter, args.manifest, args.out, parse_shard(args.shard), opts, args.model)
         return 1 if summary["failed"] else 0
     return _predict_one(segmenter, args)
 
 
 def _predict_one(segmenter, args: argparse.Namespace) -> int:
     from brats_seg.infer import export
+    from brats_seg.infer.prepare import find_case_dir, find_files, read_files
 
-    source = args.case if args.case else {c: getattr(args, c) for c in FILE_CHANNELS}
-    result = segmenter.predict(source, probabilities=args.probabilities, keep_inputs=args.qa)
-    mask_path, stem = _output_paths(args.out, result.case_id)
+    channels = list(segmenter.spec.channels)
+    files = (find_case_dir(args.case, channels) if args.case else
+             find_files({c: getattr(args, c) for c in FILE_CHANNELS}, channels))
+    mask_path, stem = _output_paths(args.out, files.case_id)
+    probs_path, qa_path = stem.with_name(stem.name + "_probabilities.nii.gz"), stem.with_name(stem.name + "_qa.png")
+    _refuse_overwrite(args, files.paths, [mask_path, *([probs_path] if args.probabilities else []),
+                                          *([qa_path] if args.qa else [])])
+    result = segmenter.predict(read_files(files, segmenter.spacing_range), probabilities=args.probabilities,
+                               keep_inputs=args.qa)
     export.write_mask(result.labels, result.geometry, mask_path, args.label_convention or result.label_convention)
     if args.probabilities:
-        export.write_probabilities(result.probabilities, result.geometry, stem.with_name(stem.name + "_probabilities.nii.gz"))
+        export.write_probabilities(result.probabilities, result.geometry, probs_path)
     if args.qa:
         from brats_seg.infer.qa import qa_images, write_qa_png
 
-        write_qa_png(result.labels, qa_images(result.inputs), result.geometry, stem.with_name(stem.name + "_qa.png"),
-                     result.case_id)
+        write_qa_png(result.labels, qa_images(result.inputs), result.geometry, qa_path, result.case_id)
     print(f"predict: {result.case_id} -> {mask_path} ({result.timings['total_s']:.1f} s)", file=sys.stderr)
     return 0
 
 
+def _refuse_overwrite(args: argparse.Namespace, images: list[Path], outputs: list[Path]) -> None:
+    """No output replaces an image or the model, and a --out folder may not be the one holding the images."""
+    from brats_seg.core.paths import refuse_overwrite
+
+    inputs = [*images, args.model]
+    for path in outputs:
+        refuse_overwrite(path, inputs, "--out", out_is_folder=False)
+    if not _is_nifti_name(args.out):
+        refuse_overwrite(args.out, inputs, "--out", out_is_folder=True)
+
+
+def _is_nifti_name(path: Path) -> bool:
+    return path.name.lower().endswith((".nii.gz", ".nii"))
+
+
 def _output_paths(out: Path, case_id: str) -> tuple[Path, Path]:
     """(mask path, stem for the side files): --out is a .nii/.nii.gz file or a folder."""
-    name = out.name.lower()
-    if name.endswith(".nii.gz") or name.endswith(".nii"):
+    if _is_nifti_name(out):
+        name = out.name.lower()
         stem = out.name[: -len(".nii.gz")] if name.endswith(".nii.gz") else out.name[: -len(".nii")]
         return out, out.with_name(stem)
     return out / f"{case_id}.nii.gz", out / case_id

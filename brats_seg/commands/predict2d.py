@@ -1,4 +1,4 @@
-"""`brats-seg predict2d`: the 2D side's predict (arguments in brats_seg/twod/cli.py)."""
+"""`brats-seg predict2d`: the 2D side's predict (arguments in brats_seg/seg2d/cli.py)."""
 from __future__ import annotations
 
 import argparse

@@ -2,23 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from brats_seg.errors import InputError
+from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM
+from brats_seg.preprocess.case import MAX_GRID_VOXELS
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' with 0 <= I < N."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise InputError("--shard", f"{text!r} is not I/N; expected e.g. 0/4")
-    if count < 1 or not 0 <= index < count:
-        raise InputError("--shard", f"{text!r} is out of range; expected 0 <= I < N")
-    return index, count
-
-
-def parse_spacing(text: str):
+def parse_spacing(text: str) -> str | tuple[float, float, float]:
+    """--spacing: 'native', one size for all axes (2.0) or three (1,1,2), in mm."""
     if text == "native":
         return "native"
     try:
@@ -33,6 +26,37 @@ def parse_spacing(text: str):
     return tuple(values)
 
 
+def parse_spacing_range(text: str) -> tuple[float, float]:
+    """--spacing-range LO,HI: the input voxel sizes (mm per axis) accepted, 0 < LO <= HI <= 1000."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = float("nan")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi <= 1000):
+        raise InputError("--spacing-range", f"{text!r} is not valid; expected LO,HI in mm with 0 < LO <= HI <= 1000 "
+                                            f"(default {VOXEL_SIZE_RANGE_MM[0]:g},{VOXEL_SIZE_RANGE_MM[1]:g})")
+    return lo, hi
+
+
+def parse_max_voxels(value: int) -> int:
+    """--max-voxels N: the most voxels per channel a resampled grid may have (at least 1)."""
+    if value < 1:
+        raise InputError("--max-voxels", f"{value} is not valid; expected a positive number of voxels "
+                                         f"(default {MAX_GRID_VOXELS} = 512^3)")
+    return value
+
+
+def add_input_bounds(p: argparse.ArgumentParser) -> None:
+    """The flags that widen what preprocess and predict accept (shared so both say the same)."""
+    p.add_argument("--data-root", action="append", type=Path, default=[], metavar="DIR",
+                   help="allow raw-manifest roots inside DIR (repeatable); without it a root must lie inside "
+                        "the manifest's own folder")
+    p.add_argument("--max-voxels", type=int, default=MAX_GRID_VOXELS,
+                   help=f"most voxels per channel of a resampled grid (default {MAX_GRID_VOXELS} = 512^3)")
+    p.add_argument("--spacing-range", default=f"{VOXEL_SIZE_RANGE_MM[0]:g},{VOXEL_SIZE_RANGE_MM[1]:g}",
+                   help="input voxel sizes accepted, LO,HI mm per axis (default %(default)s)")
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("raw", type=Path, help="raw manifest written by `brats-seg ingest`")
     p.add_argument("--out", required=True, type=Path, help="output folder (preprocessed.json and cases/)")
@@ -41,12 +65,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default="0/1", help="process only shard I of N (cluster arrays), e.g. 3/16")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored image precision")
     p.add_argument("--force", action="store_true", help="redo every case even if its outputs are current")
+    add_input_bounds(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from brats_seg.core.shards import parse_shard
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import default_workers, run_preprocess
 
-    cfg = PreprocessConfig(spacing=parse_spacing(args.spacing), dtype=args.dtype)
-    summary = run_preprocess(args.raw, args.out, cfg, args.workers or default_workers(), parse_shard(args.shard), args.force)
+    cfg = PreprocessConfig(spacing=parse_spacing(args.spacing), dtype=args.dtype,
+                           max_voxels=parse_max_voxels(args.max_voxels),
+                           spacing_range=parse_spacing_range(args.spacing_range))
+    summary = run_preprocess(args.raw, args.out, cfg, args.workers or default_workers(), parse_shard(args.shard),
+                             args.force, tuple(args.data_root))
     return 1 if summary["failed"] else 0

@@ -5,8 +5,9 @@
 Calibrates on N images of the run's training split, writes OUT (a weights_only recipe: fp32
 weights + observer statistics, rebuilt bitwise by brats_seg.seg2d.int8.load_int8; see there why
 the converted graph itself is not stored) and OUT.json (the report), and prints fp32 vs int8
-latency and mIoU on the validation split side by side. --torchscript also writes a traced int8
-TorchScript file (torch.jit.load; deprecated in torch 2.13, hence optional).
+latency and mIoU on the validation split side by side (bench/seg2d.py, as `bench 2d` does).
+--torchscript also writes a traced int8 TorchScript file (torch.jit.load; deprecated in torch
+2.13, hence optional).
 """
 from __future__ import annotations
 
@@ -29,19 +30,40 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torchscript", type=Path, default=None, help="also write a TorchScript trace of the int8 model")
 
 
-def run(args: argparse.Namespace) -> int:
+def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
+    """OUT, OUT.json and --torchscript are new files: never the model, its config or a dataset file."""
+    from brats_seg.core.paths import refuse_overwrite
+    from brats_seg.engine.checkpoint import model_checkpoint
     from brats_seg.errors import InputError
-    from brats_seg.core.atomic import atomic_write_json
-    from brats_seg.seg2d.int8 import markdown_table, quantize_checkpoint
 
-    if args.threads < 1 or args.repeats < 1 or args.max_eval_images < 0:
-        raise InputError("quantize", "--threads and --repeats must be >= 1, --max-eval-images >= 0")
-    report = quantize_checkpoint(args.model, args.data, args.out, args.calibration, args.calibration_split,
-                                 args.eval_split, args.config, args.backend, args.threads, args.repeats,
-                                 args.max_eval_images, args.torchscript)
+    inputs = [args.model, model_checkpoint(args.model), args.data, *([args.config] if args.config else [])]
+    outputs = [("--out", args.out), ("--out", args.out.with_name(args.out.name + ".json"))]
+    outputs += [("--torchscript", args.torchscript)] if args.torchscript else []
+    data = args.data.resolve()
+    for option, path in outputs:
+        refuse_overwrite(path, inputs, option, out_is_folder=False)
+        if path.exists() and data in path.resolve().parents:
+            raise InputError(path, f"{option} is an existing file inside the --data dataset {args.data}; "
+                                   "choose a new path, outputs never replace inputs")
+    if args.torchscript and args.torchscript.resolve() in {p.resolve() for _, p in outputs[:2]}:
+        raise InputError(args.torchscript, "--torchscript is the --out file or its report; choose another path")
+
+
+def run(args: argparse.Namespace) -> int:
+    from brats_seg.bench.seg2d import comparison_table, quantize_and_compare
+    from brats_seg.core.atomic import atomic_write_json
+    from brats_seg.errors import InputError
+
+    if args.threads < 1 or args.repeats < 1 or args.max_eval_images < 0 or args.calibration < 1:
+        raise InputError("quantize", f"--threads ({args.threads}), --repeats ({args.repeats}) and --calibration "
+                                     f"({args.calibration}) must be >= 1, --max-eval-images ({args.max_eval_images}) >= 0")
+    _refuse_overwriting_inputs(args)
+    report = quantize_and_compare(args.model, args.data, args.out, args.calibration, args.calibration_split,
+                                  args.eval_split, args.config, args.backend, args.threads, args.repeats,
+                                  args.max_eval_images, args.torchscript)
     report_path = args.out.with_name(args.out.name + ".json")
     atomic_write_json(report_path, report)
-    print(markdown_table(report))
+    print(comparison_table(report))
     print(f"wrote {args.out} (weights_only int8 recipe; load with brats_seg.seg2d.int8.load_int8) and {report_path}")
     if args.torchscript:
         print(f"wrote {args.torchscript} (TorchScript; load with torch.jit.load)")

@@ -1,6 +1,6 @@
 """`brats-seg train`: train a model from a YAML config (task 3d by default) on a preprocessed dataset.
 
-    brats-seg train --config pipelines/train_cpu.yaml --data DIR/preprocessed.json --out RUN_DIR
+    brats-seg train --config pipelines/train/train_cpu.yaml --data DIR/preprocessed.json --out RUN_DIR
                     [--fold K] [--resume] [section.key=value ...]
 
 Works the same under `torchrun --nproc_per_node=N -m brats_seg train ...` (rank 0 writes).
@@ -14,21 +14,42 @@ from pathlib import Path
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_run_options(p, config_help="training YAML (pipelines/train/train_*.yaml)",
+                    data_help="preprocessed.json of the dataset", out_help="run directory (checkpoints, metrics, run.json)",
+                    overrides_help="config overrides after the options, e.g. optim.lr=0.001 data.patch_size=[64,64,64]")
+    p.add_argument("--fold", type=int, default=None, help="validation fold (sets data.fold; -1: no validation)")
+
+
+def add_run_options(p: argparse.ArgumentParser, config_help: str, data_help: str, out_help: str,
+                    overrides_help: str) -> None:
+    """The options every training command shares (train, distill): --config, --data, --out,
+    --resume and the KEY=VALUE overrides, with the exit codes as epilog."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("exit codes: 0 done; 2 bad input; 75 stopped by SIGTERM after saving a checkpoint "
                 "(continue with --resume)")
     p.add_argument("--config", type=Path, default=None,
-                   help="training YAML (pipelines/train_*.yaml); with --resume defaults to RUN_DIR/config.yaml")
-    p.add_argument("--data", type=Path, required=True, help="preprocessed.json of the dataset")
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, run.json)")
-    p.add_argument("--fold", type=int, default=None, help="validation fold (sets data.fold; -1: no validation)")
+                   help=f"{config_help}; with --resume defaults to RUN_DIR/config.yaml")
+    p.add_argument("--data", type=Path, required=True, help=data_help)
+    p.add_argument("--out", type=Path, required=True, help=out_help)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides after the options, e.g. optim.lr=0.001 data.patch_size=[64,64,64]")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=overrides_help)
+
+
+def refuse_run_dir_among_inputs(args: argparse.Namespace, *others: Path | None) -> None:
+    """--out must not be the data folder, hold the data manifest, or be another input (a teacher;
+    on a new run the --config file, which the run's config.yaml would replace)."""
+    from brats_seg.core.paths import refuse_overwrite
+
+    data = Path(args.data)
+    inputs = [data, data.parent] if data.is_file() else [data]
+    if args.config is not None and not args.resume:
+        inputs.append(args.config)
+    refuse_overwrite(args.out, [*inputs, *(p for p in others if p is not None)], "--out", out_is_folder=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from brats_seg.engine.tasks import resolve_task, task_of
 
+    refuse_run_dir_among_inputs(args)
     task = resolve_task(task_of(args.config, args.out, args.overrides))
     return int(task(args.config, args.data, args.out, args.fold, args.resume, args.overrides))

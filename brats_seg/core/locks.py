@@ -1,4 +1,5 @@
-"""An exclusive, non-blocking lock file, so two runs on the same output (and shard) cannot collide."""
+"""An exclusive lock file, refused at once or after a bounded wait, so two runs on the same output
+(and shard) cannot collide and two finishing shards take turns merging."""
 from __future__ import annotations
 
 import contextlib

@@ -5,13 +5,20 @@ InputError that names the key and the expected type instead of a crash an hour i
 Float fields also accept YAML strings such as `3e-5` (PyYAML reads exponents without a dot as
 strings); ints are accepted for floats; a single int is accepted for a fixed-length tuple of ints
 (patch 64 means 64, 64, 64). Nothing else is coerced.
+
+Types are not enough: every float must be finite (1e400 reads as inf), every int must fit 64
+bits, and each task declares the range of each numeric field by meaning (a table of Range per
+dotted key, checked by check_ranges). load_typed ties it together and names where a bad value
+came from (the config file or the override) in the one error line.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from brats_seg.errors import InputError
 
@@ -40,19 +47,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:
+                raise InputError(key, f"got {_short(value)}; expected an int that fits 64 bits")
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _as_float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                read = f" (read as {number})" if not isinstance(value, float) else ""
+                raise InputError(key, f"got {_short(value)}{read}; expected a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
     raise InputError(key, f"got {value!r}; expected {_type_name(tp)}")
+
+
+INT_LIMIT = 2**63
+
+
+def _as_float(value: Any) -> float | None:
+    """A number or numeric string as a float (inf when too large), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int past the float range
+        return math.inf
+    except ValueError:
+        return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _coerce_tuple(value: Any, tp: Any, key: str) -> tuple:
@@ -131,7 +159,7 @@ def load_yaml_mapping(path: Path | None) -> dict:
     if path is None:
         return {}
     path = Path(path)
-    data = read_yaml(path, "config file not found; expected a YAML file such as pipelines/train_cpu.yaml", "a YAML file")
+    data = read_yaml(path, "config file not found; expected a YAML file such as pipelines/train/train_cpu.yaml", "a YAML file")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -150,3 +178,124 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+
+
+# ---- value ranges ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field (or each number of a list field) may take; `ordered`: a pair
+    whose first value is <= its second (a low..high range)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+    ordered: bool = False
+
+    def holds(self, value: Any) -> bool:
+        """Whether a scalar or each item of a tuple lies in the range (and a pair is ordered)."""
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if self.ordered and not (len(items) == 2 and items[0] <= items[1]):
+            return False
+        return all(self._holds_one(v) for v in items)
+
+    def _holds_one(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
+            return False
+        return self.high is None or not (v > self.high or (self.high_open and v == self.high))
+
+    def text(self) -> str:
+        """'> 0', '>= 1', '>= 0 and < 1', with 'low <= high' for ordered pairs."""
+        if self.low is not None and self.high is not None:
+            bounds = (f"{'>' if self.low_open else '>='} {_num(self.low)} and "
+                      f"{'<' if self.high_open else '<='} {_num(self.high)}")
+        elif self.low is not None:
+            bounds = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            bounds = f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        else:
+            bounds = "finite"
+        return f"low <= high, each {bounds}" if self.ordered else bounds
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def above(low: float) -> Range:
+    return Range(low=low, low_open=True)
+
+
+def at_least(low: float) -> Range:
+    return Range(low=low)
+
+
+def within(low: float, high: float, high_open: bool = False, low_open: bool = False) -> Range:
+    return Range(low=low, high=high, low_open=low_open, high_open=high_open)
+
+
+def ordered(each: Range) -> Range:
+    return dataclasses.replace(each, ordered=True)
+
+
+def lookup(cfg: Any, dotted: str) -> Any:
+    """cfg.section.key for 'section.key' (AttributeError for a key the config lacks: a table bug)."""
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_ranges(cfg: Any, ranges: Mapping[str, Range]) -> None:
+    """InputError naming the first field whose value lies outside its Range."""
+    for dotted, allowed in ranges.items():
+        value = lookup(cfg, dotted)
+        if not allowed.holds(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise InputError(dotted, f"got {_short(shown)}; expected {allowed.text()}")
+
+
+def numeric_fields(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of every int/float (or tuple of them) field under dataclass `cls`: the keys a
+    range table must cover."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        numbers = typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in (int, float)
+        if dataclasses.is_dataclass(tp):
+            out += numeric_fields(tp, f"{prefix}{f.name}.")
+        elif tp in (int, float) or numbers:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def load_typed(cls: type, path: Path | None, overrides: Sequence[str], check: Callable[[Any], None],
+               defaults: Mapping[str, Any] | None = None, ranges: Mapping[str, Range] | None = None) -> Any:
+    """`cls` from the YAML file plus overrides, type-checked, then `check`ed (ranges and cross-field
+    rules). A bad value's InputError keeps naming its key and adds where the value came from (and,
+    for a value refused by its type, the field's range from `ranges`)."""
+    mapping = apply_overrides(load_yaml_mapping(path), overrides)
+    for key, value in (defaults or {}).items():
+        mapping.setdefault(key, value)
+    try:
+        cfg = build_typed(cls, mapping)
+        check(cfg)
+    except InputError as exc:
+        allowed = (ranges or {}).get(exc.where)
+        message = f"{exc.message} {allowed.text()}" if allowed and exc.message.endswith("expected a finite number") \
+            else exc.message
+        raise InputError(exc.where, f"{message} ({value_source(exc.where, path, overrides)})") from None
+    return cfg
+
+
+def value_source(key: str, path: Path | None, overrides: Sequence[str]) -> str:
+    """'override optim.lr=1e400', 'config file PATH' or 'the default': where the value of `key` came from."""
+    for text in reversed(list(overrides)):
+        name = text.partition("=")[0].strip()
+        if name == key or name.startswith(key + ".") or key.startswith(name + "."):
+            return f"override {' '.join(text.split())}"
+    return f"config file {path}" if path is not None else "the default"

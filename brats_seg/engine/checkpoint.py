@@ -13,13 +13,14 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from brats_seg.errors import InputError
 from brats_seg.core.atomic import atomic_path
+from brats_seg.engine.model_meta import ModelMeta
+from brats_seg.errors import InputError
 
 FORMAT = "brats-seg-checkpoint"
 VERSION = 1
@@ -112,10 +113,12 @@ def load_latest(run_dir: Path) -> tuple[dict[str, Any], Path]:
     raise InputError(folder, "no checkpoint to resume from; run without --resume to start a new run")
 
 
-def check_compatible(payload: dict[str, Any], path: Path, config_hash: str, data_sha256: str) -> None:
-    """Refuse to resume with a different config or different data (data_sha256: the trainer's data
-    identity; the 3D trainer uses a fingerprint of case ids, file hashes and preprocessing)."""
-    if payload.get("config_hash") != config_hash:
+def check_compatible(payload: dict[str, Any], path: Path, config_hash: str, data_sha256: str,
+                     legacy_hashes: Sequence[str] = ()) -> None:
+    """Refuse to resume with a different config or different data (data_sha256: the task's data
+    identity; the 3D task uses a fingerprint of case ids, file hashes and preprocessing).
+    legacy_hashes: what older versions hashed the same config to (still accepted)."""
+    if payload.get("config_hash") not in (config_hash, *legacy_hashes):
         raise InputError(path, "was written with a different config (config hash "
                                f"{str(payload.get('config_hash'))[:12]} != {config_hash[:12]}); resume with "
                                "the run's config (RUN_DIR/config.yaml) or start a new run directory")
@@ -126,7 +129,7 @@ def check_compatible(payload: dict[str, Any], path: Path, config_hash: str, data
 
 def save_best(run_dir: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any],
               metrics: dict[str, Any]) -> Path:
-    """best.pt: weights + model metadata + the metrics that made it best."""
+    """best.pt: weights + model metadata (ModelMeta.to_dict()) + the metrics that made it best."""
     path = checkpoint_dir(run_dir) / BEST
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, "model": model_state, "meta": meta,
@@ -145,43 +148,76 @@ def model_checkpoint(path: Path) -> Path:
     return path
 
 
-def load_inference_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, meta) from best.pt/latest.pt or a run dir (its best.pt, else latest.pt).
+def load_model(path: Path, device: str | torch.device = "cpu",
+               task: str | None = None) -> tuple[torch.nn.Module, ModelMeta]:
+    """(model in eval mode, its checked ModelMeta) from best.pt/latest.pt or a run dir (its best.pt,
+    else latest.pt); task='3d'/'2d' refuses the other task's models with one InputError."""
+    model, meta, _ = _load(path, device, task)
+    return model, meta
 
-    meta: model, model_kwargs, loss_mode ('regions': sigmoid WT/TC/ET; 'labels': softmax 0..3),
-    patch_size, channels, spacing (the training data's voxel size), preprocess (the preprocessed
-    manifest's config section: spacing 'native' or [x, y, z], dtype).
-    """
+
+def load_inference_model(path: Path, device: str | torch.device = "cpu",
+                         task: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """load_model with the metadata as stored (a plain dict, checked as a ModelMeta)."""
+    model, _, stored = _load(path, device, task)
+    return model, stored
+
+
+def _load(path: Path, device: str | torch.device, task: str | None) -> tuple[torch.nn.Module, ModelMeta, dict]:
     from brats_seg.models.registry import create_model
 
     path = model_checkpoint(path)
     payload = _read_or_input_error(path)
+    meta = ModelMeta.from_dict(payload.get("meta"), path, task)
     try:
-        meta = payload["meta"]
-        model = create_model(meta["model"], **meta["model_kwargs"])
-        model.load_state_dict(payload["model"])
+        model = create_model(meta.model, **meta.model_kwargs)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(path, f"is not a usable model checkpoint ({type(exc).__name__}: {first})")
-    return model.to(device).eval(), meta
+        raise InputError(path, f"is not a usable model checkpoint ({_first_line(exc)})")
+    load_weights(model, payload.get("model"), path)
+    return model.to(device).eval(), meta, payload["meta"]
 
 
-def load_initial_weights(model: torch.nn.Module, path: Path, meta: dict[str, Any]) -> Path:
+def load_weights(model: torch.nn.Module, weights: Any, path: Path) -> None:
+    """Put a checkpoint's weights into `model`; InputError (one line naming `path`) when they are
+    not a state dict of that model or any of them is not finite (a NaN model writes empty masks)."""
+    if not isinstance(weights, dict):
+        raise InputError(path, "holds no model weights ('model' mapping); not a model checkpoint")
+    bad = [k for k, v in weights.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(path, f"holds non-finite weights (NaN or inf in {len(bad)} tensor(s), first {bad[0]!r}); "
+                               "the training diverged: use an earlier checkpoint or retrain")
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"holds weights that do not fit the model its metadata describes ({_first_line(exc)})")
+
+
+def _first_line(exc: BaseException) -> str:
+    """'Type: first meaningful line' of an exception (torch's load_state_dict errors are multi-line)."""
+    lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+    detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path, meta: ModelMeta) -> Path:
     """Start a run from another run's weights (fine-tuning): the checkpoint must hold the same
     architecture (model name and arguments); only the weights are taken, not the optimiser or
     the progress, so the new run has its own schedule. Returns the file used."""
     path = model_checkpoint(path)
     payload = _read_or_input_error(path)
-    theirs, weights = payload.get("meta") or {}, payload.get("model") or {}
+    theirs, weights = payload.get("meta") or {}, payload.get("model")
+    ModelMeta.from_dict(theirs, path, meta.task)
 
     def architecture(m: dict) -> tuple:  # dropout changes no weight
         kwargs = {k: v for k, v in (m.get("model_kwargs") or {}).items() if k != "dropout"}
         return m.get("model"), kwargs
 
-    if architecture(theirs) != architecture(meta):
+    ours = architecture(meta.to_dict())
+    if architecture(theirs) != ours:
         raise InputError(path, f"holds a different model ({architecture(theirs)}, this run "
-                               f"{architecture(meta)}); model.init_from needs the same architecture")
-    model.load_state_dict(weights)
+                               f"{ours}); model.init_from needs the same architecture")
+    load_weights(model, weights, path)
     return path
 
 

@@ -83,6 +83,12 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def mean_over_ranks(total: float, count: int, info: DistInfo) -> float:
+    """sum(total) / sum(count) over ranks (NaN when nothing was counted): every rank gets the same."""
+    t = all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64, device=info.device), info)
+    return float(t[0] / t[1]) if float(t[1]) > 0 else float("nan")
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True if any rank says True: all ranks stop (or checkpoint) at the same step."""
     if not info.is_distributed:

@@ -1,61 +1,64 @@
-"""The 3D trainer: epochs of patch batches, validation every N epochs, checkpoints, exact resume.
+"""The training loop of every task: epochs of batches, validation every N epochs, checkpoints,
+exact resume, time budget and SIGTERM.
 
-Flow: run_training -> train_3d (process group, SIGTERM flag) -> build_state -> [restore] ->
-run_epochs -> run_epoch (steps, stop checks, step checkpoints) -> end_epoch (validation, best,
-epoch checkpoint). Every rank runs every collective at the same step (loss averages, stop votes,
-RNG gathering for checkpoints, validation); only rank 0 writes.
+Flow: train (process group, SIGTERM flag, the task) -> build_state -> start_session [restore] ->
+run_epochs -> run_epoch (steps, stop votes, step checkpoints) -> end_epoch (validation, best.pt,
+epoch checkpoint) -> finish. Every rank runs every collective at the same step (loss averages,
+stop votes, RNG gathering for checkpoints, validation); only rank 0 writes. What differs between
+tasks comes from the Task (brats_seg.engine.task).
 
-Exit codes: see brats_seg.engine.runtime (0 done, 2 bad input, 75 pre-empted by SIGTERM).
+Non-finite numbers stop the run: the per-step stop vote carries "this rank's loss is not finite"
+(the loss is on the host already, so no extra sync), and the weights are checked before every
+checkpoint and best.pt; either ends the run with exit 1 and one line naming the step, and no
+checkpoint ever holds non-finite weights.
+
+Exit codes: see brats_seg.engine.runtime (0 done, 1 non-finite, 2 bad input, 75 pre-empted by SIGTERM).
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
-from brats_seg.errors import InputError
 from brats_seg.engine import checkpoint as ckpt
-from brats_seg.seg3d.config import Config3D, load_config
-from brats_seg.seg3d.data import open_dataset
-from brats_seg.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from brats_seg.engine.distributed import DistInfo, init_distributed, mean_over_ranks, shutdown
 from brats_seg.engine.run_info import write_run_info
-from brats_seg.engine.runtime import EXIT_OK, EXIT_PREEMPTED, StopFlag
+from brats_seg.engine.runtime import EXIT_NOT_FINITE, EXIT_OK, EXIT_PREEMPTED, StopFlag
 from brats_seg.engine.session import Session, build_state, check_run_dir, start_session
 from brats_seg.engine.state import TrainState, checkpoint_payload
 from brats_seg.engine.step import optimizer_step, train_step
-from brats_seg.seg3d.validate import validate
+from brats_seg.engine.task import Task
 
 
-def run_training(config: Path | None, data: Path, out: Path, fold: int | None, resume: bool,
-                 overrides: Sequence[str]) -> int:
-    """Entry point of `brats-seg train` for task '3d'."""
-    overrides = list(overrides) + ([f"data.fold={fold}"] if fold is not None else [])
-    if config is None:
-        if not resume:
-            raise InputError("--config", "required for a new run (e.g. --config pipelines/train_cpu.yaml)")
-        config = Path(out) / "config.yaml"
-    return train_3d(load_config(config, overrides), Path(data), Path(out), resume)
-
-
-def train_3d(cfg: Config3D, data_path: Path, run_dir: Path, resume: bool) -> int:
+def train(cfg: Any, make_task: Callable[[DistInfo], Task], run_dir: Path, resume: bool) -> int:
+    """Train the task `make_task` builds (after the process group is up) into `run_dir`; the exit code."""
     info = init_distributed(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     stop = StopFlag().install()
     try:
-        data = open_dataset(data_path, cfg)
+        task = make_task(info)
         check_run_dir(run_dir, resume)
-        state = build_state(cfg, data, info, run_dir)
-        session = start_session(state, cfg, data, stop, resume)
-        status = _run_guarded(state, session)
-        _finish(state, session, status)
+        state = build_state(task, info, run_dir, fresh=not resume)
+        session = start_session(state, task, stop, resume)
+        try:
+            status = run_guarded(state, session)
+        except NotFinite as exc:
+            stopped(state, session, exc)
+            return EXIT_NOT_FINITE
+        finish(state, session, status)
         return EXIT_PREEMPTED if status == "preempted" else EXIT_OK
     finally:
         stop.restore()
         shutdown(info)
 
 
-def _run_guarded(state: TrainState, session: Session) -> str:
+class NotFinite(Exception):
+    """The loss or the weights stopped being finite; the message names the step."""
+
+
+def run_guarded(state: TrainState, session: Session) -> str:
     """run_epochs, with a one-line diagnosis before the traceback when a collective fails."""
     try:
         return run_epochs(state, session)
@@ -68,22 +71,17 @@ def _run_guarded(state: TrainState, session: Session) -> str:
         raise
 
 
-def run_epochs(state: TrainState, session: Session, end_epoch_fn: Callable | None = None) -> str:
-    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM).
-
-    `end_epoch_fn` closes an epoch (record, validation, checkpoint): the 3D one by default; the 2D
-    trainer passes its own so both tasks share every other line of the loop.
-    """
+def run_epochs(state: TrainState, session: Session) -> str:
+    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM)."""
     p = state.progress
     while p.step < session.total and p.epoch < session.cfg.train.epochs:
-        status = run_epoch(state, session, end_epoch_fn or end_epoch)
+        status = run_epoch(state, session)
         if status != "continue":
             return status
     return "finished"
 
 
-def run_epoch(state: TrainState, session: Session, close: Callable | None = None) -> str:
-    close = close or end_epoch
+def run_epoch(state: TrainState, session: Session) -> str:
     cfg, p = session.cfg, state.progress
     accum = cfg.optim.grad_accum
     session.sampler.set_position(p.epoch, p.epoch_step * accum * cfg.data.batch_size)
@@ -92,20 +90,23 @@ def run_epoch(state: TrainState, session: Session, close: Callable | None = None
         while p.epoch_step < cfg.train.steps_per_epoch and p.step < session.total:
             loss = train_step(state, [next(batches) for _ in range(accum)])
             finite = optimizer_step(state, cfg.optim.grad_clip)
-            _after_step(state, session, loss, finite)
+            after_step(state, session, loss, finite)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{state.schedule.lr:.2e}")
-            reason = _stop_reason(state, session)
+            reason = stop_reason(state, session)
+            if reason == "not_finite":
+                where = f"got {loss}" if not math.isfinite(loss) else f"on a rank other than {state.info.rank}"
+                raise NotFinite(f"loss is not finite at step {p.step} ({where})")
             if reason == "preempted":
                 save(state, session)
                 return reason
             if reason == "budget":
-                close(state, session, partial=True)
+                end_epoch(state, session, partial=True)
                 return reason
             every = cfg.train.checkpoint_every_steps
             if every and p.step % every == 0 and p.epoch_step < cfg.train.steps_per_epoch:
                 save(state, session)
-    close(state, session)
+    end_epoch(state, session)
     return "continue"
 
 
@@ -117,7 +118,8 @@ def _progress_bar(state: TrainState, session: Session):
                 desc=f"epoch {state.progress.epoch}", leave=False, dynamic_ncols=True)
 
 
-def _after_step(state: TrainState, session: Session, loss: float, finite: bool) -> None:
+def after_step(state: TrainState, session: Session, loss: float, finite: bool) -> None:
+    """Counters forward; every log_every_steps a step record (loss averaged over ranks)."""
     p, cfg = state.progress, session.cfg
     p.step += 1
     p.epoch_step += 1
@@ -125,8 +127,9 @@ def _after_step(state: TrainState, session: Session, loss: float, finite: bool) 
     p.epoch_loss_count += 1
     p.skipped_steps += 0 if finite else 1
     session.interval.append(loss)
+    session.last_loss = loss
     if p.step % cfg.train.log_every_steps == 0:
-        mean = _mean_over_ranks(sum(session.interval), len(session.interval), state.info)
+        mean = mean_over_ranks(sum(session.interval), len(session.interval), state.info)
         session.interval.clear()
         record = {"kind": "step", "step": p.step, "epoch": p.epoch + 1, "loss": mean, "lr": state.schedule.lr}
         session.logger.log(record)
@@ -134,21 +137,28 @@ def _after_step(state: TrainState, session: Session, loss: float, finite: bool) 
             print(f"step {p.step} epoch {p.epoch + 1} loss {mean:.4f} lr {state.schedule.lr:.3e}", flush=True)
 
 
-def _mean_over_ranks(total: float, count: int, info: DistInfo) -> float:
-    t = all_reduce_sum(torch.tensor([total, float(count)], dtype=torch.float64, device=info.device), info)
-    return float(t[0] / t[1]) if float(t[1]) > 0 else float("nan")
-
-
-def _stop_reason(state: TrainState, session: Session) -> str | None:
-    """Agreed by all ranks: 'preempted' (SIGTERM anywhere), 'budget', or None."""
+def stop_reason(state: TrainState, session: Session) -> str | None:
+    """Agreed by all ranks: 'not_finite' (a non-finite step loss anywhere: session.last_loss),
+    'preempted' (SIGTERM anywhere), 'budget', or None."""
     budget = session.cfg.train.time_budget_s
-    flags = torch.tensor([float(session.stop.requested), float(bool(budget) and session.elapsed() >= budget)],
-                         dtype=torch.float64, device=state.info.device)
+    flags = torch.tensor([float(session.stop.requested), float(bool(budget) and session.elapsed() >= budget),
+                          float(not math.isfinite(session.last_loss))], dtype=torch.float64, device=state.info.device)
     if state.info.is_distributed:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    flags = flags.tolist()  # the step's one host sync
+    if flags[2] > 0:
+        return "not_finite"
     if flags[0] > 0:
         return "preempted"
     return "budget" if flags[1] > 0 else None
+
+
+def require_finite_weights(state: TrainState, before: str) -> None:
+    """NotFinite unless every floating weight is finite (the same answer on every rank: DDP keeps
+    the weights identical). One device sync, at checkpoints only."""
+    tensors = [t for t in state.model.state_dict().values() if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise NotFinite(f"weights are not finite at step {state.progress.step}; {before} was not written")
 
 
 def end_epoch(state: TrainState, session: Session, partial: bool = False) -> None:
@@ -157,12 +167,12 @@ def end_epoch(state: TrainState, session: Session, partial: bool = False) -> Non
     partial: the time budget ended the run mid-epoch; validate and record, but leave the epoch
     counters where they are, so a resume with a larger budget continues the same epoch.
     """
-    cfg, p = session.cfg, state.progress
+    cfg, p, task = session.cfg, state.progress, session.task
     final = partial or p.step >= session.total or p.epoch + 1 >= cfg.train.epochs
     record = {"kind": "epoch", "epoch": p.epoch + 1, "step": p.step,
-              "train_loss": _mean_over_ranks(p.epoch_loss_sum, p.epoch_loss_count, state.info),
+              "train_loss": mean_over_ranks(p.epoch_loss_sum, p.epoch_loss_count, state.info),
               "lr": state.schedule.lr, "skipped_steps": p.skipped_steps}
-    if session.data.val and ((p.epoch + 1) % cfg.validation.every_epochs == 0 or final):
+    if task.validate is not None and ((p.epoch + 1) % cfg.validation.every_epochs == 0 or final):
         record.update(run_validation(state, session))
     record["time_s"] = round(session.elapsed(), 2)
     record["partial"] = partial
@@ -170,37 +180,41 @@ def end_epoch(state: TrainState, session: Session, partial: bool = False) -> Non
         p.epoch, p.epoch_step, p.epoch_loss_sum, p.epoch_loss_count = p.epoch + 1, 0, 0.0, 0
     session.logger.log(record)
     if state.info.is_main:
-        print(_epoch_line(record, cfg.train.epochs, state.progress.best_metric), flush=True)
+        print(epoch_line(task, record, state.progress.best_metric), flush=True)
     save(state, session)
 
 
 def run_validation(state: TrainState, session: Session) -> dict:
-    """Validate, feed the plateau schedule, keep best.pt when the mean Dice improves."""
-    cfg, p = session.cfg, state.progress
-    metrics = validate(state.model, session.data.root, session.data.val, state.info, cfg.data.patch_size,
-                       cfg.validation.overlap, cfg.validation.sw_batch_size, cfg.loss.mode, state.autocast)
-    state.schedule.observe(metrics["val_dice_mean"])
+    """The task's validation; feeds the plateau schedule; keeps best.pt when the score improves.
+    Returns the scalar metrics (the epoch record's); best.pt and run.json get all of them."""
+    task, p = session.task, state.progress
+    metrics = task.validate(state, session)
+    score = metrics[task.score_key]
+    state.schedule.observe(score)
     p.last_val_step = p.step
-    if metrics["val_dice_mean"] > p.best_metric:
-        p.best_metric, p.best_epoch, p.best_step = metrics["val_dice_mean"], p.epoch + 1, p.step
+    if score > p.best_metric:
+        require_finite_weights(state, "best.pt")
+        p.best_metric, p.best_epoch, p.best_step = score, p.epoch + 1, p.step
         best = {"epoch": p.epoch + 1, "step": p.step, **metrics}
         if state.info.is_main:
-            path = ckpt.save_best(state.run_dir, state.model.state_dict(), state.meta, best)
+            path = ckpt.save_best(state.run_dir, state.model.state_dict(), state.meta.to_dict(), best)
             session.run_info["best"] = best
             session.run_info["checkpoints"]["best"] = str(path.relative_to(state.run_dir))
-    return metrics
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def _epoch_line(rec: dict, epochs: int, best: float) -> str:
-    line = f"epoch {rec['epoch']}/{epochs} step {rec['step']} loss {rec['train_loss']:.4f} lr {rec['lr']:.2e}"
-    if "val_dice_mean" in rec:
-        line += (f" | val WT {rec['val_dice_WT']:.3f} TC {rec['val_dice_TC']:.3f} ET {rec['val_dice_ET']:.3f}"
-                 f" mean {rec['val_dice_mean']:.3f} (best {best:.3f})")
+def epoch_line(task: Task, rec: dict, best: float) -> str:
+    """The line printed per epoch; the task words its validation part."""
+    line = (f"epoch {rec['epoch']}/{task.cfg.train.epochs} step {rec['step']} loss {rec['train_loss']:.4f} "
+            f"lr {rec['lr']:.2e}")
+    if task.score_key in rec:
+        line += " | " + task.epoch_text(rec, best)
     return line + f" | {rec['time_s']:.1f} s"
 
 
 def save(state: TrainState, session: Session) -> None:
     """Checkpoint (collective: RNG states are gathered from every rank); rank 0 writes."""
+    require_finite_weights(state, "the checkpoint")
     state.progress.elapsed_s = session.elapsed()
     payload = checkpoint_payload(state)
     if not state.info.is_main:
@@ -215,7 +229,23 @@ def save(state: TrainState, session: Session) -> None:
     print(f"checkpoint: step {state.progress.step} -> {path}", flush=True)
 
 
-def _finish(state: TrainState, session: Session, status: str) -> None:
+def stopped(state: TrainState, session: Session, exc: NotFinite) -> None:
+    """End a run whose numbers went non-finite: rank 0 prints the one error line (naming the last
+    good checkpoint, if any) and records the status in run.json."""
+    session.logger.close()
+    if not state.info.is_main:
+        return
+    latest = ckpt.checkpoint_dir(state.run_dir) / ckpt.LATEST
+    kept = (f"the last good checkpoint {latest} (step {session.run_info.get('progress', {}).get('step', '?')}) "
+            "is kept" if latest.exists() else "no checkpoint was written")
+    session.run_info["status"] = f"stopped: {exc}"
+    write_run_info(state.run_dir, session.run_info)
+    print(f"error: training: {exc}; {kept}; lower optim.lr or check the data, then start a new run",
+          file=sys.stderr, flush=True)
+
+
+def finish(state: TrainState, session: Session, status: str) -> None:
+    """Close the logger; rank 0 records the final status in run.json and says how the run ended."""
     session.logger.close()
     if not state.info.is_main:
         return

@@ -1,5 +1,5 @@
-"""Run metrics: metrics.jsonl (every record), metrics.csv (one row per epoch), curves.png, and
-TensorBoard when it is installed. Rank 0 only; other ranks get a logger that does nothing.
+"""Run metrics: metrics.jsonl (every record), metrics.csv (one row per epoch), curves.png (loss and
+the task's validation curves), and TensorBoard when it is installed. Rank 0 only; other ranks get a logger that does nothing.
 
 On resume the JSONL is cut back to the checkpoint's step, so records from steps that are about to
 be repeated are not duplicated, and the CSV and PNG are rebuilt from it.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,20 @@ from brats_seg.core.atomic import atomic_path, atomic_write_text
 JSONL, CSV, PNG = "metrics.jsonl", "metrics.csv", "curves.png"
 
 
+@dataclass(frozen=True)
+class Curves:
+    """The validation panel of curves.png: which epoch-record keys to draw (key, legend label)."""
+
+    series: tuple[tuple[str, str], ...]
+    ylabel: str
+    title: str
+
+
 class MetricsLogger:
     """Append step/epoch records; rewrite the CSV and the curve plot after each epoch."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
-        self.run_dir, self.enabled = Path(run_dir), enabled
+    def __init__(self, run_dir: Path, curves: Curves, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.run_dir, self.curves, self.enabled = Path(run_dir), curves, enabled
         self.epochs: list[dict[str, Any]] = []
         self._tb = _tensorboard(self.run_dir) if (enabled and tensorboard) else None
 
@@ -70,7 +80,7 @@ class MetricsLogger:
         atomic_write_text(self.run_dir / CSV, buf.getvalue())
 
     def plot(self) -> None:
-        """Loss per epoch and validation Dice per region, side by side."""
+        """Loss per epoch and the task's validation curves, side by side."""
         if not self.epochs:
             return
         import matplotlib
@@ -78,15 +88,16 @@ class MetricsLogger:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+        c = self.curves
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
         ep = [r["epoch"] for r in self.epochs]
         ax_loss.plot(ep, [r.get("train_loss") for r in self.epochs], label="train loss")
         ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
-        val = [r for r in self.epochs if "val_dice_mean" in r]
-        for key in ("WT", "TC", "ET", "mean"):
-            ax_dice.plot([r["epoch"] for r in val], [r[f"val_dice_{key}"] for r in val], marker="o", label=key)
-        ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
-        ax_dice.legend(loc="lower right")
+        val = [r for r in self.epochs if all(key in r for key, _ in c.series)]
+        for key, label in c.series:
+            ax_val.plot([r["epoch"] for r in val], [r[key] for r in val], marker="o", label=label)
+        ax_val.set(xlabel="epoch", ylabel=c.ylabel, title=c.title, ylim=(0, 1))
+        ax_val.legend(loc="lower right")
         fig.tight_layout()
         with atomic_path(self.run_dir / PNG) as tmp:
             fig.savefig(tmp, dpi=100, format="png")

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from brats_seg.seg3d.config import OptimConfig, ScheduleConfig
+from brats_seg.engine.config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -16,6 +16,7 @@ import torch
 
 from brats_seg.engine.checkpoint import capture_rng, restore_rng, warn
 from brats_seg.engine.distributed import DistInfo, gather_objects
+from brats_seg.engine.model_meta import ModelMeta
 from brats_seg.engine.schedule import LRSchedule
 
 
@@ -43,8 +44,10 @@ class Progress:
         return cls(**{k: state[k] for k in asdict(cls()) if k in state})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainState:
+    """Keyword-only: several fields share a type (run_dir/config_hash/data_sha256) and must not swap."""
+
     model: torch.nn.Module  # the plain module (saving, validation)
     train_model: torch.nn.Module  # what the step calls: DDP and/or compiled wrapper of `model`
     optimizer: torch.optim.Optimizer
@@ -55,8 +58,8 @@ class TrainState:
     info: DistInfo
     run_dir: Path
     config_hash: str
-    data_sha256: str  # identity of the training data (Dataset3D.fingerprint); a resume must match it
-    meta: dict[str, Any]
+    data_sha256: str  # identity of the training data (Task.data.identity); a resume must match it
+    meta: ModelMeta
     progress: Progress = field(default_factory=Progress)
     ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, for no_sync()
     memory_format: torch.memory_format = torch.preserve_format  # of the weights; inputs follow it
@@ -75,7 +78,7 @@ def checkpoint_payload(state: TrainState, extra: dict[str, Any] | None = None) -
         "world_size": state.info.world_size,
         "config_hash": state.config_hash,
         "data_sha256": state.data_sha256,
-        "meta": state.meta,
+        "meta": state.meta.to_dict(),
         **(extra or {}),
     }
 

@@ -1,6 +1,6 @@
-"""Which trainer a config's `task:` selects. Each entry is "module:function" with the signature
+"""Which task's entry a config's `task:` selects. Each entry is "module:function" with the signature
 run_training(config, data, out, fold, resume, overrides) -> exit code; modules import lazily, so
-a task whose module is not installed yet is reported, not crashed on.
+`brats-seg train` loads only the task it runs (the 3D task does not import the 2D models).
 """
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+from brats_seg.core.typed_config import load_yaml_mapping, parse_override
 from brats_seg.errors import InputError
 
 TASKS: dict[str, str] = {
-    "3d": "brats_seg.engine.loop:run_training",
+    "3d": "brats_seg.seg3d.trainer:run_training",
     "2d": "brats_seg.seg2d.trainer:run_training",
 }
 
 
 def task_of(config: Path | None, out: Path, overrides: list[str]) -> str:
     """The task named by a `task=` override, the config file (RUN_DIR/config.yaml on resume), or '3d'."""
-    from brats_seg.seg3d.config import load_yaml_mapping, parse_override
-
     for text in overrides:
         parts, value = parse_override(text)
         if parts == ["task"]:
@@ -30,13 +29,8 @@ def task_of(config: Path | None, out: Path, overrides: list[str]) -> str:
 
 
 def resolve_task(name: str) -> Callable[..., int]:
+    """The entry function of task `name`; InputError naming the valid tasks otherwise."""
     if name not in TASKS:
         raise InputError("task", f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     module_name, attr = TASKS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise InputError("task", f"task {name!r} is not available in this install ({module_name} missing)")
-        raise
-    return getattr(module, attr)
+    return getattr(importlib.import_module(module_name), attr)

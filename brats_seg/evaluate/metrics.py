@@ -17,7 +17,8 @@ import warnings
 
 import numpy as np
 
-from brats_seg.evaluate.dice import REGIONS, dice_binary, region_masks
+from brats_seg.evaluate.dice import dice_binary
+from brats_seg.io.labels import REGION_NAMES, region_masks
 
 HD95_EMPTY_MM = 373.13
 METRICS = ("dice", "hd95_mm", "sensitivity", "specificity", "volume_pred_ml", "volume_truth_ml")
@@ -76,7 +77,7 @@ def region_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, spacing) -> 
     if pred_labels.shape != ref_labels.shape:
         raise ValueError(f"prediction shape {pred_labels.shape} does not match truth shape {ref_labels.shape}")
     p, r = region_masks(pred_labels), region_masks(ref_labels)
-    return {name: binary_metrics(p[name], r[name], spacing) for name in REGIONS}
+    return {name: binary_metrics(p[name], r[name], spacing) for name in REGION_NAMES}
 
 
 def summarise(values: list[float]) -> dict[str, float | int | None]:

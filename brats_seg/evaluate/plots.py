@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.core.figures import save_png
-from brats_seg.evaluate.dice import REGION_NAMES
+from brats_seg.io.labels import REGION_NAMES
 
 
 def write_boxplot(rows: list[dict], path: Path) -> Path:

@@ -3,7 +3,7 @@
 Outputs in OUT: metrics.csv (one row per case and region: Dice, HD95 mm, sensitivity,
 specificity, predicted and true volume in mL), summary.json (mean / median / std per region and
 metric, plus the cases missing a prediction or a truth) and boxplot.png. Empty-region conventions
-follow BraTS; see brats_seg/evaluate_metrics.py.
+follow BraTS; see brats_seg/evaluate/metrics.py.
 
 Predictions are read from a predictions.json (its per-case label convention and sha256 are used
 and checked) or from a folder of <case id>.nii.gz masks (convention: --pred-convention, else the
@@ -16,17 +16,20 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from brats_seg.errors import InputError
 from brats_seg.evaluate.metrics import HD95_EMPTY_MM, METRICS, region_metrics, summarise
+from brats_seg.io.content import read_label_record, record_paths
 from brats_seg.io.labels import to_canonical
 from brats_seg.io.geometry import same_grid
 from brats_seg.io.volume import read_volume, read_volume_verified
 from brats_seg.core.atomic import atomic_path, atomic_write_json
+from brats_seg.core.paths import refuse_overwrite
 from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
-from brats_seg.evaluate.dice import REGION_NAMES
+from brats_seg.io.labels import REGION_NAMES
 
 CSV_FIELDS = ("case", "region", *METRICS)
 
@@ -60,10 +63,18 @@ def find_predictions(pred: Path) -> dict[str, PredictedMask]:
     return found
 
 
-def evaluate(pred: Path, truth: Path, out_dir: Path, pred_convention: str | None = None) -> dict:
-    """Score every case that has both a prediction and a truth; write CSV, summary and box plot."""
+def evaluate(pred: Path, truth: Path, out_dir: Path, pred_convention: str | None = None,
+             data_roots: Sequence[Path] = ()) -> dict:
+    """Score every case that has both a prediction and a truth; write CSV, summary and box plot.
+
+    data_roots: folders outside the raw manifest's own folder its roots may lie in (--data-root).
+    Refused before anything is read or written: an `out_dir` that is, or directly holds, an input."""
     preds = find_predictions(pred)
     raw = load_manifest(truth, stage="raw")
+    roots = {c["id"]: manifest_root(truth, raw, c["root"], data_roots) for c in raw["cases"]}
+    inputs = [pred, truth, *set(roots.values()), *(m.path for m in preds.values()),
+              *(p for c in raw["cases"] for p in record_paths(c, roots[c["id"]]))]
+    refuse_overwrite(out_dir, inputs, "--out", out_is_folder=True)
     rows, missing, unlabelled = [], [], []
     for case in sorted(raw["cases"], key=lambda c: c["id"]):
         if not case.get("seg"):
@@ -71,7 +82,7 @@ def evaluate(pred: Path, truth: Path, out_dir: Path, pred_convention: str | None
         elif case["id"] not in preds:
             missing.append(case["id"])
         else:
-            rows += case_rows(case, manifest_root(truth, raw, case["root"]), preds[case["id"]], pred_convention)
+            rows += case_rows(case, roots[case["id"]], preds[case["id"]], pred_convention)
     if not rows:
         raise InputError(pred, f"no prediction matches a labelled case of {truth}; expected masks named by case id")
     extra = sorted(set(preds) - {c["id"] for c in raw["cases"]})
@@ -84,8 +95,10 @@ def evaluate(pred: Path, truth: Path, out_dir: Path, pred_convention: str | None
 
 def case_rows(case: dict, root: Path, mask: PredictedMask, pred_convention: str | None) -> list[dict]:
     """One row per region for one case."""
-    seg = case["seg"]
-    ref_raw, ref_geom = read_volume_verified(resolve_inside(root, seg["path"], case["id"]), seg["sha256"])
+    # the truth is held to ingest's label rules again (a file swapped in with its own sha256 included);
+    # no voxel-size bound: scoring never resamples, and the prediction must lie on this grid anyway
+    _, ref_raw, ref_geom = read_label_record(root, case["seg"], case["label_convention"], case["id"],
+                                             spacing_range=None, links=case.get("links"))
     ref = to_canonical(ref_raw, case["label_convention"])
     pred_raw, pred_geom = read_volume_verified(mask.path, mask.sha256) if mask.sha256 else read_volume(mask.path)
     if (problem := same_grid(ref_geom, pred_geom)) is not None:
@@ -133,7 +146,8 @@ def format_table(summary: dict) -> str:
     """A Markdown table of mean ± std per region (for reports and the CLI)."""
     lines = ["| region | Dice | HD95 (mm) | sensitivity | specificity |", "| --- | --- | --- | --- | --- |"]
     for region, metrics in summary["regions"].items():
-        cells = [f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}" for m in ("dice", "hd95_mm", "sensitivity", "specificity")]
+        cells = [" ± ".join("n/a" if metrics[m][k] is None else f"{metrics[m][k]:.3f}" for k in ("mean", "std"))
+                 for m in ("dice", "hd95_mm", "sensitivity", "specificity")]
         lines.append(f"| {region} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

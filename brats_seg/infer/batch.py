@@ -14,17 +14,21 @@ recorded, so a killed or repeated run redoes only what is missing or stale.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from brats_seg.contracts.stage_files import PredictionSidecar, read_optional
+from brats_seg.core.atomic import atomic_write_json
+from brats_seg.core.hashing import sha256_file, sha256_json
+from brats_seg.core.paths import refuse_overwrite
+from brats_seg.core.shards import select_shard
 from brats_seg.errors import InputError, with_location
 from brats_seg.infer import export
+from brats_seg.infer.manifests import PREDICTIONS, manifest_config, write_predictions_manifest
 from brats_seg.infer.prepare import entry_convention
-from brats_seg.core.atomic import atomic_write_json
-from brats_seg.io.manifest import load_manifest, manifest_root
-from brats_seg.core.hashing import sha256_file, sha256_json
+from brats_seg.io.content import record_paths
+from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
 
 SIDECARS, MASKS, PROBS, QA = "cases", "masks", "probabilities", "qa"
 
@@ -35,30 +39,28 @@ class BatchOptions:
     probabilities: bool = False
     qa: bool = False
     force: bool = False
-
-
-def select_shard(cases: list[dict], shard: tuple[int, int]) -> list[dict]:
-    """Same split as preprocessing: sorted by id, every N-th from I."""
-    from brats_seg.preprocess.stage import select_shard as split
-
-    return split(cases, shard)
+    data_roots: tuple[Path, ...] = ()  # --data-root: folders outside the manifest's own its roots may be in
 
 
 def predict_manifest(segmenter, raw_path: Path, out_dir: Path, shard: tuple[int, int] = (0, 1),
-                     opts: BatchOptions = BatchOptions()) -> dict:
-    """Predict this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path."""
-    from brats_seg.infer.manifests import manifest_config, write_predictions_manifest
-    from brats_seg.core.locks import exclusive_lock
+                     opts: BatchOptions = BatchOptions(), model_path: Path | None = None) -> dict:
+    """Predict this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path.
 
+    Refused before anything is written: an `out_dir` that is, or directly holds, one of the inputs
+    (the raw manifest, a dataset root, a case file, the model at `model_path`)."""
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     raw = load_manifest(raw_path, stage="raw")
     if opts.label_convention:
         export.check_convention(opts.label_convention)
+    cases = select_shard(raw["cases"], shard)
+    roots = {c["id"]: manifest_root(raw_path, raw, c["root"], opts.data_roots) for c in cases}
+    inputs = [raw_path, *set(roots.values()), *(p for c in cases for p in record_paths(c, roots[c["id"]]))]
+    refuse_overwrite(out_dir, inputs + ([model_path] if model_path else []), "--out", out_is_folder=True)
     config = manifest_config(segmenter, raw_path, opts)
-    with exclusive_lock(out_dir / ".locks" / f"predict-shard-{shard[0]}-of-{shard[1]}.lock"):
+    with PREDICTIONS.locked(out_dir, shard):
         entries, failed, counts = [], [], {"done": 0, "skipped": 0, "failed": 0}
-        for case in select_shard(raw["cases"], shard):
-            entry, status = _one_case(segmenter, case, manifest_root(raw_path, raw, case["root"]), out_dir, opts)
+        for case in cases:
+            entry, status = _one_case(segmenter, case, roots[case["id"]], out_dir, opts)
             counts["failed" if isinstance(status, InputError) else status] += 1
             if isinstance(status, InputError):
                 failed.append({"id": case["id"], "reason": status.line()})
@@ -99,20 +101,21 @@ def case_key(segmenter, case: dict, opts: BatchOptions) -> str:
 
 
 def stored_entry(out_dir: Path, case_id: str, key: str) -> dict | None:
-    """The sidecar's entry if it was made for `key` and every file it lists is intact, else None."""
+    """The sidecar's entry if it was made for `key` and every file it lists is intact, else None
+    (also when the sidecar is damaged in any way: the case is predicted again)."""
+    side = read_optional(Path(out_dir) / SIDECARS / f"{case_id}.json", PredictionSidecar)
+    if side is None or side.key != key or side.entry.id != case_id:
+        return None
+    entry = side.entry.model_dump(mode="python", exclude_unset=True)  # the entry as written, nothing added
+    files = [(entry["mask"], entry["sha256"])]
+    if entry.get("probabilities"):
+        files.append((entry["probabilities"], entry["probabilities_sha256"]))
     try:
-        side = json.loads((Path(out_dir) / SIDECARS / f"{case_id}.json").read_text())
-        if side.get("key") != key:
+        if entry.get("qa") and not resolve_inside(out_dir, entry["qa"], case_id).is_file():
             return None
-        entry = side["entry"]
-        files = [(entry["mask"], entry["sha256"])]
-        if entry.get("probabilities"):
-            files.append((entry["probabilities"], entry["probabilities_sha256"]))
-        if entry.get("qa") and not (Path(out_dir) / entry["qa"]).is_file():
-            return None
-        if all(sha256_file(Path(out_dir) / rel) == digest for rel, digest in files):
+        if all(sha256_file(resolve_inside(out_dir, rel, case_id)) == digest for rel, digest in files):
             return entry
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, InputError):
         pass
     return None
 

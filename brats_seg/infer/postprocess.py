@@ -11,6 +11,7 @@ voxels. 0 disables a rule (the default, since a good value depends on the data a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,8 +29,10 @@ class PostprocessConfig:
     connectivity: int = 3  # scipy rank: 1 faces (6-neighbourhood), 2 edges (18), 3 corners (26)
 
     def __post_init__(self) -> None:
-        if self.et_min_mm3 < 0 or self.min_component_mm3 < 0:
-            raise ValueError("post-processing thresholds must be >= 0 (0 disables a rule)")
+        for name, value in (("et_min_mm3", self.et_min_mm3), ("min_component_mm3", self.min_component_mm3)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} is {value}; post-processing thresholds must be finite and >= 0 "
+                                 "(0 disables a rule)")
         if self.connectivity not in (1, 2, 3):
             raise ValueError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")
 

@@ -13,7 +13,8 @@ from typing import Mapping
 import numpy as np
 
 from brats_seg.errors import InputError
-from brats_seg.io.geometry import Geometry, same_grid
+from brats_seg.io.content import check_intensities
+from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM, Geometry, check_voxel_size, same_grid
 from brats_seg.io.volume import read_volume
 
 DEFAULT_CONVENTION = "brats2021"
@@ -35,7 +36,17 @@ class CaseInput:
         return self.images[self.channels.index(name)] if name in self.channels else None
 
 
-def from_files(files: Mapping[str, str | Path], channels: list[str], case_id: str | None = None) -> CaseInput:
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where a case's images are, found before anything is read (so outputs can be checked against them)."""
+
+    case_id: str
+    paths: list[Path]  # in `channels` order
+    channels: list[str]
+    convention: str  # the convention masks are written in by default
+
+
+def find_files(files: Mapping[str, str | Path], channels: list[str], case_id: str | None = None) -> CaseFiles:
     """Images given as {channel: path}; BraTS 2023 names (t1n, t1c, t2w, t2f) are accepted as aliases."""
     from brats_seg.ingest.layouts import channel_of
 
@@ -45,10 +56,10 @@ def from_files(files: Mapping[str, str | Path], channels: list[str], case_id: st
         raise InputError(case_id or "input", f"missing images for channels {missing}; the model expects {channels}")
     convention = "brats2023" if {str(k).lower() for k in files} & BRATS2023_NAMES else DEFAULT_CONVENTION
     first = by_channel[channels[0]]
-    return _read_all([by_channel[c] for c in channels], channels, case_id or _case_id(first), convention)
+    return CaseFiles(case_id or _case_id(first), [by_channel[c] for c in channels], list(channels), convention)
 
 
-def from_case_dir(folder: str | Path, channels: list[str]) -> CaseInput:
+def find_case_dir(folder: str | Path, channels: list[str]) -> CaseFiles:
     """One case folder in a BraTS 2018-2023 layout (file names tell the channels)."""
     from brats_seg.ingest.layouts import DEFAULT_CONVENTION as LAYOUT_CONVENTION, discover
 
@@ -64,18 +75,31 @@ def from_case_dir(folder: str | Path, channels: list[str]) -> CaseInput:
             what = "no file" if not found else f"{len(found)} files ({', '.join(p.name for p, _ in found)})"
             raise InputError(folder, f"{what} for channel {c}; expected exactly one <case>_{c} image")
         paths.append(found[0][0])
-    return _read_all(paths, channels, spec.case_id, LAYOUT_CONVENTION.get(spec.layout, DEFAULT_CONVENTION))
+    return CaseFiles(spec.case_id, paths, list(channels), LAYOUT_CONVENTION.get(spec.layout, DEFAULT_CONVENTION))
 
 
-def from_entry(entry: dict, root: Path, channels: list[str]) -> CaseInput:
-    """A raw-manifest case (files verified against their recorded sha256); the label map is not read."""
+def from_files(files: Mapping[str, str | Path], channels: list[str], case_id: str | None = None,
+               spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> CaseInput:
+    """Read the images of {channel: path} (see find_files)."""
+    return read_files(find_files(files, channels, case_id), spacing_range)
+
+
+def from_case_dir(folder: str | Path, channels: list[str],
+                  spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> CaseInput:
+    """Read the images of one case folder (see find_case_dir)."""
+    return read_files(find_case_dir(folder, channels), spacing_range)
+
+
+def from_entry(entry: dict, root: Path, channels: list[str],
+               spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> CaseInput:
+    """A raw-manifest case, read as preprocessing reads it (sha256, shape, volume_index and ingest's
+    content rules checked again); the label map is not read."""
     from brats_seg.preprocess.case import load_case
 
     missing = [c for c in channels if c not in entry["images"]]
     if missing:
         raise InputError(entry["id"], f"has no images for channels {missing}; the model expects {channels}")
-    # ingest validated these files (finite, one grid); load_case checks they are unchanged since
-    images, _, geometry = load_case({**entry, "channels": list(channels), "seg": None}, root)
+    images, _, geometry = load_case({**entry, "channels": list(channels), "seg": None}, root, spacing_range)
     return CaseInput(entry["id"], images, geometry, list(channels), entry_convention(entry),
                      {c: entry["images"][c]["sha256"] for c in channels})
 
@@ -87,22 +111,19 @@ def entry_convention(entry: dict) -> str:
     return entry.get("label_convention") or LAYOUT_CONVENTION.get(entry.get("layout", ""), DEFAULT_CONVENTION)
 
 
-def _read_all(paths: list[Path], channels: list[str], case_id: str, convention: str) -> CaseInput:
+def read_files(files: CaseFiles, spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> CaseInput:
+    """Read a case's images, held to ingest's rules (finite, some signal, plausible voxel size, one grid)."""
     images, reference = [], None
-    for path in paths:
+    for path in files.paths:
         data, geom = read_volume(path)
-        _check_finite(path, data)
+        check_intensities(path, data)
+        check_voxel_size(path, geom.spacing, *spacing_range)
         if reference is None:
             reference = geom
         elif (problem := same_grid(reference, geom)) is not None:
-            raise InputError(path, f"{problem} of {paths[0].name}; expected all images of a case on one grid")
+            raise InputError(path, f"{problem} of {files.paths[0].name}; expected all images of a case on one grid")
         images.append(data)
-    return CaseInput(case_id, images, reference, list(channels), convention)
-
-
-def _check_finite(path, data: np.ndarray) -> None:
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise InputError(path, "contains NaN or Inf values; expected finite intensities")
+    return CaseInput(files.case_id, images, reference, list(files.channels), files.convention)
 
 
 def _case_id(path: Path) -> str:
@@ -113,12 +134,14 @@ def _case_id(path: Path) -> str:
     return re.sub(r"[_\-.](t1|t1ce|t1c|t1n|t1gd|t2|t2w|t2f|flair)$", "", stem, flags=re.I) or stem
 
 
-def prepare(case: CaseInput, spacing: str | tuple[float, float, float]) -> tuple[np.ndarray, dict]:
-    """(image (C, X, Y, Z) float32 in preprocessed space, entry with the `source` record for inverse.py)."""
-    from brats_seg.preprocess.case import PreprocessConfig, prepare_arrays
+def prepare(case: CaseInput, spacing: str | tuple[float, float, float],
+            max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
+    """(image (C, X, Y, Z) float32 in preprocessed space, entry with the `source` record for inverse.py);
+    max_voxels bounds the resampled grid per channel (None: preprocessing's MAX_GRID_VOXELS)."""
+    from brats_seg.preprocess.case import MAX_GRID_VOXELS, PreprocessConfig, prepare_arrays
 
-    cfg = PreprocessConfig(spacing=spacing, dtype="float32")
-    prepared = prepare_arrays(case.images, None, case.geometry, case.channels, cfg)
+    cfg = PreprocessConfig(spacing=spacing, dtype="float32", max_voxels=max_voxels or MAX_GRID_VOXELS)
+    prepared = prepare_arrays(case.images, None, case.geometry, case.channels, cfg, case_id=case.case_id)
     image = np.moveaxis(prepared.image, -1, 0)
     entry = {"id": case.case_id, "channels": list(case.channels), "shape": list(image.shape[1:]),
              "affine": prepared.affine.tolist(), "norm": prepared.norm, "source": prepared.source}

@@ -8,12 +8,16 @@ found). Matplotlib runs headless (Agg).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from brats_seg.io.geometry import Geometry
 from brats_seg.core.figures import save_png
+from brats_seg.io.geometry import Geometry
 from brats_seg.preprocess import spatial
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.85, 0.0)}  # NCR red, ED green, ET yellow
 NAMES = {1: "NCR", 2: "ED", 3: "ET"}
@@ -60,7 +64,7 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geometry, title: str = ""):
+def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geometry, title: str = "") -> Figure:
     """A matplotlib Figure: one row per image (e.g. FLAIR, T1ce), columns axial, coronal, sagittal."""
     import matplotlib
 

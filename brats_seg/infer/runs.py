@@ -1,7 +1,7 @@
 """The hook between training and inference: a run dir or checkpoint -> (model, ModelSpec).
 
-The weights and the model metadata come from `train.checkpoint.load_inference_model` (best.pt,
-else latest.pt; torch.load(weights_only=True)). The preprocessing spacing comes from the
+The weights and the model metadata come from `engine.checkpoint.load_model` (best.pt, else
+latest.pt; torch.load(weights_only=True)), which refuses a 2D run with one InputError. The preprocessing spacing comes from the
 checkpoint meta's "preprocess" section when present, else from the preprocessed manifest that
 run.json names, else (with a warning) the training data's voxel size `meta["spacing"]`, which
 is what a "native" run on 1 mm BraTS data amounts to. The model's identity is the checkpoint
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from brats_seg.core.hashing import sha256_file
+from brats_seg.infer.model_spec import ModelSpec
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -44,11 +45,11 @@ def run_spacing(ckpt: Path, meta: dict) -> Any:
     return "native"
 
 
-def load_run_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, "ModelSpec"]:  # noqa: F821
-    from brats_seg.infer.segmenter import ModelSpec
-    from brats_seg.engine.checkpoint import load_inference_model
+def load_run_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelSpec]:
+    """(3D model in eval mode, its ModelSpec) from a run dir or checkpoint."""
+    from brats_seg.engine.checkpoint import load_model
 
     ckpt = checkpoint_file(path)
-    model, meta = load_inference_model(ckpt, device)
-    identity = {"checkpoint": str(ckpt.resolve()), "sha256": sha256_file(ckpt), "model": meta.get("model")}
-    return model, ModelSpec.from_meta(meta, run_spacing(ckpt, meta), identity)
+    model, meta = load_model(ckpt, device, task="3d")
+    identity = {"checkpoint": str(ckpt.resolve()), "sha256": sha256_file(ckpt), "model": meta.model}
+    return model, ModelSpec.from_meta(meta, run_spacing(ckpt, meta.to_dict()), identity)

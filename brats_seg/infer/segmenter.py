@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,37 +23,12 @@ import torch
 
 from brats_seg.errors import InputError
 from brats_seg.infer import export
+from brats_seg.infer.model_spec import ModelSpec
 from brats_seg.infer.postprocess import PostprocessConfig, postprocess
 from brats_seg.infer.prepare import CaseInput, from_case_dir, from_entry, from_files, prepare
-from brats_seg.infer.sliding_window import WindowConfig, sliding_window
-from brats_seg.io.geometry import Geometry
-
-MODES = ("regions", "labels")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What inference needs to know about a trained model besides its weights."""
-
-    mode: str  # "regions": sigmoid WT, TC, ET; "labels": softmax over 0..3
-    channels: tuple[str, ...]
-    patch_size: tuple[int, int, int]
-    spacing: str | tuple[float, float, float] = "native"  # the run's preprocessing spacing
-    name: str = ""
-    kwargs: dict = field(default_factory=dict)
-    identity: dict = field(default_factory=dict)  # checkpoint path and sha256
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-
-    @classmethod
-    def from_meta(cls, meta: dict, spacing: Any = "native", identity: dict | None = None) -> "ModelSpec":
-        """From a checkpoint's meta (see train.checkpoint.load_inference_model)."""
-        spacing = spacing if isinstance(spacing, str) else tuple(float(v) for v in spacing)
-        return cls(meta["loss_mode"], tuple(meta["channels"]), tuple(int(v) for v in meta["patch_size"]),
-                   spacing, meta.get("model", ""), dict(meta.get("model_kwargs", {})), dict(identity or {}))
-
+from brats_seg.infer.sliding_window import DEFAULT_GROW, network_predictor, sliding_window, window_for
+from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM, Geometry
+from brats_seg.io.regions import activate, background_fill, probabilities_to_labels
 
 @dataclass
 class Segmentation:
@@ -83,6 +58,9 @@ class Segmenter:
     grow: an axis at most this fraction longer than the patch is covered by one longer window (a
     129-voxel axis then costs one 136-voxel window instead of two 128-voxel ones; 0 turns it off);
     channels_last: channels_last_3d memory format (measured slower on this CPU, so off by default).
+    max_voxels: the most voxels per channel the grid resampled to the run's spacing may have (None:
+    preprocessing's MAX_GRID_VOXELS); spacing_range: the input voxel sizes accepted (mm). Both only
+    refuse inputs (one error line), they never change a result.
     batch_size: windows per forward; None picks 2 for windows up to 64^3 (PyTorch's CPU conv3d
     falls back to its slow im2col path for a single small window: measured 0.14 s for one 32^3
     window against 0.06 s for two, one thread) and 1 above (large windows take the fast path
@@ -92,19 +70,18 @@ class Segmenter:
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
                  overlap: float = 0.5, tta: bool = False, mirror_axes: tuple[int, ...] | None = None,
                  batch_size: int | None = None, postprocess: PostprocessConfig | None = None, amp: bool = False,
-                 channels_last: bool = False, grow: float = 0.1) -> None:
+                 channels_last: bool = False, grow: float = DEFAULT_GROW, max_voxels: int | None = None,
+                 spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> None:
         self.device = _check_device(device)
         self.model = model.to(self.device).eval()
         self.spec = spec
         axes = tuple(mirror_axes) if mirror_axes is not None else ((0, 1, 2) if tta else ())
-        if batch_size is None:
-            batch_size = 2 if np.prod(spec.patch_size) <= 64**3 else 1
-        self.window = WindowConfig(spec.patch_size, overlap, batch_size, axes, grow=grow,
-                                   multiple=size_multiple(model, spec.patch_size))
+        self.window = window_for(model, spec.patch_size, overlap, batch_size, axes, grow)
         self.postprocess = postprocess or PostprocessConfig()
         self.amp, self.channels_last = amp and self.device.type == "cuda", channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.max_voxels, self.spacing_range = max_voxels, tuple(spacing_range)
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "cpu", threads: int | None = None, **options) -> "Segmenter":
@@ -134,11 +111,12 @@ class Segmenter:
         clock = _Clock()
         case = self._resolve(source, root)
         clock.lap("read_s")
-        image, entry = prepare(case, self.spec.spacing)
+        image, entry = prepare(case, self.spec.spacing, self.max_voxels)
         volume = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         clock.lap("preprocess_s")
         probs = sliding_window(volume, self._forward, self.window, fill=self._fill(), activation=self._activate)
         del volume
+        self._check_finite(probs, case.case_id)
         clock.lap("network_s")
         labels, probs_orig = self._restore(probs, entry, probabilities)
         labels = postprocess(labels, float(np.prod(case.geometry.spacing)), self.postprocess)
@@ -153,30 +131,35 @@ class Segmenter:
         if isinstance(source, (str, Path)):
             if not Path(source).is_dir():
                 raise InputError(source, "is not a folder; expected a case folder or one file per channel")
-            return from_case_dir(source, channels)
+            return from_case_dir(source, channels, self.spacing_range)
         if isinstance(source, Mapping) and "images" in source and "id" in source:
             if root is None:
                 raise ValueError("a raw-manifest entry needs root= (the manifest's dataset root)")
-            return from_entry(dict(source), Path(root), channels)
+            return from_entry(dict(source), Path(root), channels, self.spacing_range)
         if isinstance(source, Mapping):
-            return from_files(source, channels)
+            return from_files(source, channels, spacing_range=self.spacing_range)
         raise TypeError(f"cannot segment a {type(source).__name__}; expected a dict, a folder or a CaseInput")
 
+    def _check_finite(self, probs: torch.Tensor, case_id: str) -> None:
+        """NaN > 0.5 is false: a non-finite probability would silently erase a region, so it is an error."""
+        if not bool(torch.isfinite(probs).all()):
+            bad = int((~torch.isfinite(probs)).sum())
+            raise InputError(self.spec.identity.get("checkpoint", "model"),
+                             f"produced {bad} non-finite probabilities on case {case_id}; no mask written "
+                             "(the model's weights or its AMP precision overflow; retrain or run in float32)")
+
     def _fill(self) -> float | list[float]:
-        return 0.0 if self.spec.mode == "regions" else [1.0, 0.0, 0.0, 0.0]
+        return background_fill(self.spec.mode)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a batch of windows: logits (B, K, *patch), float32."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-        with amp:
-            out = self.model(x)
-        return (out[0] if isinstance(out, (list, tuple)) else out).float()
+        amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else contextlib.nullcontext
+        layout = torch.channels_last_3d if self.channels_last else None
+        return network_predictor(self.model, amp, layout)(x)
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Blended (K, X, Y, Z) logits -> probabilities, in place where possible."""
-        return logits.sigmoid_() if self.spec.mode == "regions" else torch.softmax(logits, dim=0)
+        return activate(logits, self.spec.mode)
 
     def _restore(self, probs: torch.Tensor, entry: dict, keep: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Preprocessed-space probabilities -> (canonical labels, probabilities or None) on the original grid."""
@@ -192,13 +175,7 @@ class Segmenter:
         return labels, kept
 
     def _to_labels(self, probs: torch.Tensor) -> np.ndarray:
-        if self.spec.mode == "regions":
-            from brats_seg.seg3d.losses import regions_to_labels
-
-            labels = regions_to_labels(probs[None], threshold=0.5)[0]
-        else:
-            labels = probs.argmax(dim=0)
-        return labels.to(torch.uint8).cpu().numpy()
+        return probabilities_to_labels(probs, self.spec.mode).to(torch.uint8).cpu().numpy()
 
 
 class _Clock:
@@ -213,18 +190,6 @@ class _Clock:
 
     def timings(self) -> dict[str, float]:
         return {**self.laps, "total_s": round(time.perf_counter() - self.start, 4)}
-
-
-def size_multiple(model: torch.nn.Module, patch_size: tuple[int, ...]) -> int:
-    """What window sizes must be divisible by: 2**(levels-1) for our U-Net, else the largest power
-    of two (up to 32) dividing every patch size (a patch the network trained on is always valid)."""
-    depth = getattr(model, "depth", None)
-    if isinstance(depth, int) and depth >= 1:
-        return 2 ** (depth - 1)
-    multiple = 1
-    while multiple < 32 and all(p % (multiple * 2) == 0 for p in patch_size):
-        multiple *= 2
-    return multiple
 
 
 def _check_device(device: str | torch.device) -> torch.device:

@@ -5,18 +5,23 @@ nonzero voxel is skipped, which on a cropped BraTS volume leaves few windows to 
 weight map is accumulated once per window (not once per mirrored copy), and the accumulators are
 float32 on the cropped volume only. Window placement follows nnU-Net: per axis,
 n = ceil((size - patch) / (patch * (1 - overlap))) + 1 starts spread evenly from 0 to size - patch.
+`window_for` and `network_predictor` are the settings and forward predict uses; validation
+(seg3d/validate.py) uses them too, so the best checkpoint is picked with predict's tiler.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *patch) -> (B, K, *patch)
 Start = tuple[int, int, int]
+DEFAULT_GROW = 0.1  # predict's default: an axis up to 10% longer than the patch gets one window
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,45 @@ class WindowConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if any(a not in (0, 1, 2) for a in self.mirror_axes) or len(set(self.mirror_axes)) != len(self.mirror_axes):
             raise ValueError(f"mirror_axes must be distinct spatial axes among 0, 1, 2, got {self.mirror_axes}")
+
+
+def window_for(model: torch.nn.Module, patch_size: tuple[int, int, int], overlap: float = 0.5,
+               batch_size: int | None = None, mirror_axes: tuple[int, ...] = (),
+               grow: float = DEFAULT_GROW) -> WindowConfig:
+    """Predict's window settings for `model`: grown windows rounded to the network's size divisor.
+
+    batch_size None picks 2 windows per forward up to 64^3 and 1 above (see infer.segmenter.Segmenter).
+    """
+    if batch_size is None:
+        batch_size = 2 if np.prod(patch_size) <= 64**3 else 1
+    return WindowConfig(tuple(patch_size), overlap, batch_size, tuple(mirror_axes), grow=grow,
+                        multiple=size_multiple(model, patch_size))
+
+
+def size_multiple(model: torch.nn.Module, patch_size: Sequence[int]) -> int:
+    """What window sizes must be divisible by: 2**(levels-1) for our U-Net, else the largest power
+    of two (up to 32) dividing every patch size (a patch the network trained on is always valid)."""
+    depth = getattr(model, "depth", None)
+    if isinstance(depth, int) and depth >= 1:
+        return 2 ** (depth - 1)
+    multiple = 1
+    while multiple < 32 and all(p % (multiple * 2) == 0 for p in patch_size):
+        multiple *= 2
+    return multiple
+
+
+def network_predictor(model: torch.nn.Module,
+                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                      memory_format: torch.memory_format | None = None) -> Predictor:
+    """The network as a Predictor: float32 logits of its full-resolution output (deep-supervision
+    heads dropped), under `autocast`, the windows in `memory_format` when given."""
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        with autocast():
+            out = model(x)
+        return (out[0] if isinstance(out, (list, tuple)) else out).float()
+    return predict
 
 
 def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8.0,

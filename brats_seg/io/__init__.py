@@ -1,0 +1,1 @@
+"""Volumes, geometry, NIfTI headers, label conventions and manifests: the files every stage reads and writes."""

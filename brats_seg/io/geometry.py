@@ -6,10 +6,14 @@ same header geometry as the file it came from.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from brats_seg.errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -91,3 +95,18 @@ def axis_angle_deg(d1: np.ndarray, d2: np.ndarray) -> float:
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+# Voxel sizes (mm per axis) a brain MRI can plausibly have: outside this, the header is almost surely
+# wrong (metres or micrometres), and resampling would yield a 1-voxel grid or one of 10^11 voxels.
+VOXEL_SIZE_RANGE_MM = (0.05, 20.0)
+
+
+def check_voxel_size(path: str | Path, spacing: Iterable[float], lo: float = VOXEL_SIZE_RANGE_MM[0],
+                     hi: float = VOXEL_SIZE_RANGE_MM[1], option: str = "--spacing-range") -> None:
+    """InputError naming `path` when a voxel size is not finite or lies outside [lo, hi] mm; `option`
+    is the flag that widens the range, named in the message."""
+    values = [float(v) for v in spacing]
+    if not all(np.isfinite(v) and lo <= v <= hi for v in values):
+        raise InputError(path, f"voxel size {_fmt(values)} mm is outside {lo:g} to {hi:g} mm per axis; expected a "
+                               f"plausible MRI voxel size (check the header's units, or widen with {option} LO,HI)")

@@ -1,6 +1,7 @@
-"""Label conventions on disk and the canonical labels inside the pipeline.
+"""Label conventions on disk, the canonical labels inside the pipeline, and the BraTS regions.
 
 Canonical: 0 background, 1 NCR (necrotic / non-enhancing core), 2 ED (edema), 3 ET (enhancing).
+Regions: WT = {1,2,3} (whole tumour), TC = {1,3} (tumour core), ET = {3} (enhancing tumour).
 On disk: BraTS 2018-2021 {0,1,2,4}; BraTS 2023 {0,1,2,3}; MSD Task01 1 edema, 2 non-enhancing, 3 enhancing.
 """
 from __future__ import annotations
@@ -15,6 +16,17 @@ TO_CANONICAL: dict[str, dict[int, int]] = {
 }
 CONVENTIONS = tuple(TO_CANONICAL)
 CANONICAL_NAMES = {0: "background", 1: "NCR", 2: "ED", 3: "ET"}
+NUM_LABELS = len(CANONICAL_NAMES)
+
+# BraTS scores nested regions of the canonical labels, WT ⊇ TC ⊇ ET: the one definition that losses,
+# validation, inference and evaluation share (tensor conversions in io/regions.py).
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+REGION_NAMES = tuple(REGIONS)
+
+
+def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean mask per region (WT, TC, ET) from a canonical label map."""
+    return {name: np.isin(labels, ids) for name, ids in REGIONS.items()}
 
 
 def allowed_values(convention: str) -> set[int]:
@@ -50,7 +62,7 @@ def convention_from_dataset_json(labels: dict) -> str | None:
         by_name[name.lower()] = val
     edema = next((v for n, v in by_name.items() if "edema" in n), None)
     core = next((v for n, v in by_name.items() if "core" in n), None)
-    if edema is not None:
+    if edema is not None and not isinstance(edema, list):  # a list under 'edema' is a region: says nothing
         return "msd" if int(edema) == 1 else "brats2023" if int(edema) == 2 else None
     if isinstance(core, list):
         return "msd" if sorted(core) == [2, 3] else "brats2023" if sorted(core) == [1, 3] else None

@@ -2,15 +2,16 @@
 
 Every manifest has schema_version, stage, created_at, brats_seg_version, config, the sha256 of its
 input manifest, and `cases` (one entry per case). Paths inside are relative to a root folder and
-may not escape it (no absolute paths, no `..`, no symlink out of the root).
+may not escape it (no absolute paths, no `..`, no symlink out of the root but those ingest recorded
+in the case's `links`; see resolve_inside).
 """
 from __future__ import annotations
 
 import os
 import datetime as _dt
-import functools
-import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Sequence
 
 from brats_seg import __version__
 from brats_seg.core.atomic import atomic_write_json
@@ -18,7 +19,7 @@ from brats_seg.errors import InputError
 
 SCHEMA_VERSION = 1
 STAGES = ("raw", "preprocessed", "predictions")
-_SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / "manifest.schema.json"
+SCHEMA_FILE = Path(__file__).parent.parent / "schemas" / "manifest.schema.json"  # data_manifests/ holds the same bytes
 
 
 def new_manifest(stage: str, config: dict, input_sha256: str | None = None) -> dict:
@@ -34,7 +35,7 @@ def new_manifest(stage: str, config: dict, input_sha256: str | None = None) -> d
 
 
 def save_manifest(path: Path, manifest: dict) -> None:
-    """Validate against the schema (a bug if it fails) and write atomically."""
+    """Validate against the manifest models (a bug if it fails) and write atomically."""
     errors = _schema_errors(manifest)
     if errors:
         raise ValueError(f"internal error: manifest does not match its schema: {errors[0]}")
@@ -42,74 +43,62 @@ def save_manifest(path: Path, manifest: dict) -> None:
 
 
 def load_manifest(path: Path, stage: str | None = None) -> dict:
-    """Read and check a manifest; any problem is an InputError naming the file."""
+    """Read and check a manifest (type, range and meaning of every field); any problem is an
+    InputError naming the file, the case and the field."""
+    from brats_seg.contracts.jsonfile import read_json
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "manifest not found")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); expected a brats-seg manifest")
-    except (RecursionError, ValueError, OSError) as exc:
-        raise InputError(path, f"cannot be read as a manifest ({type(exc).__name__}); expected a brats-seg manifest")
+    manifest = read_json(path, "a brats-seg manifest")
     if not isinstance(manifest, dict):
         raise InputError(path, "not a JSON object; expected a brats-seg manifest")
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise InputError(path, f"schema_version {version!r} is not supported; expected {SCHEMA_VERSION}")
+    _check_unique_ids(path, manifest)
     errors = _schema_errors(manifest)
     if errors:
         raise InputError(path, f"does not match the manifest schema: {errors[0]}")
     if stage is not None and manifest["stage"] != stage:
         raise InputError(path, f"is a {manifest['stage']!r} manifest; expected a {stage!r} manifest")
-    _check_unique_ids(path, manifest)
     return manifest
 
 
 def _check_unique_ids(path: Path, manifest: dict) -> None:
     seen: set[str] = set()
-    for case in manifest["cases"]:
-        if case["id"] in seen:
-            raise InputError(path, f"duplicate case id {case['id']!r}; expected each case once")
-        seen.add(case["id"])
-
-
-@functools.lru_cache(maxsize=1)
-def _validator():
-    """Built once per process: every manifest read and write validates against it."""
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(json.loads(_SCHEMA_FILE.read_text()))
-
-
-@functools.lru_cache(maxsize=1)
-def _fast_validator():
-    """The schema compiled to Python by fastjsonschema: 1 ms against jsonschema's 83 ms on a 12-case
-    raw manifest (it grows with the cases, so a 1000-case job would wait seconds). It answers
-    valid / not valid; jsonschema, only for invalid manifests, gives every error with its path."""
-    try:
-        import fastjsonschema
-    except ImportError:
-        return None
-    return fastjsonschema.compile(json.loads(_SCHEMA_FILE.read_text()))
+    cases = manifest.get("cases")
+    for case in cases if isinstance(cases, list) else []:
+        case_id = case.get("id") if isinstance(case, dict) else None
+        if isinstance(case_id, str) and case_id in seen:
+            raise InputError(path, f"duplicate case id {case_id!r}; expected each case once")
+        seen.add(case_id)
 
 
 def _schema_errors(manifest: dict) -> list[str]:
-    fast = _fast_validator()
-    if fast is not None:
-        import fastjsonschema
+    """[] when the manifest satisfies its stage's model (brats_seg.contracts.manifests), else the
+    first problem as one line."""
+    from pydantic import ValidationError
 
-        try:
-            fast(manifest)
-            return []
-        except fastjsonschema.JsonSchemaException:
-            pass  # report with jsonschema's messages below
-    found = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.absolute_path))
-    return [f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in found]
+    from brats_seg.contracts.manifests import MODELS, first_error
+
+    model = MODELS.get(manifest.get("stage")) if isinstance(manifest.get("stage"), str) else None
+    if model is None:
+        return [f"stage: {manifest.get('stage')!r} is not one of {', '.join(MODELS)}"]
+    try:
+        model.model_validate(manifest)
+    except ValidationError as exc:
+        return [first_error(exc, manifest)]
+    return []
 
 
-def resolve_inside(root: Path, rel: str, where: str) -> Path:
-    """Turn a manifest path into a real path, refusing anything that leaves `root`."""
+def resolve_inside(root: Path, rel: str, where: str, links: Mapping[str, str] | None = None) -> Path:
+    """Turn a manifest path into a real path, refusing anything that leaves `root`.
+
+    A path may lead out of the root only through symlinks that lie inside it and that ingest
+    recorded in the case's `links` (link path -> target, relative to the real root), each still
+    pointing where it did at ingest: editing a manifest cannot reach a file no such link leads to.
+    """
     if not isinstance(rel, str) or not rel:
         raise InputError(where, f"path {rel!r} is empty or not a string")
     if os.path.isabs(rel) or Path(rel).is_absolute():
@@ -118,21 +107,72 @@ def resolve_inside(root: Path, rel: str, where: str) -> Path:
         raise InputError(where, f"path {rel!r} contains '..'; paths may not leave {root}")
     real_root = Path(root).resolve()
     target = (Path(root) / rel).resolve()
-    if not target.is_relative_to(real_root):
-        raise InputError(where, f"path {rel!r} resolves to {target}, outside {real_root} (symlink out of the root?)")
+    if target.is_relative_to(real_root):
+        return target
+    recorded = _checked_links(links, where)
+    for link, real in _links_out(real_root, rel):
+        expected = recorded.get(link)
+        if expected is None:
+            raise InputError(where, f"path {rel!r} resolves to {target}, outside {real_root}, through symlink "
+                                    f"{link!r} that ingest did not record; expected files inside the root (rerun ingest)")
+        if os.path.normpath(real_root / expected) != str(real):
+            raise InputError(where, f"symlink {link!r} now points to {real}, outside {real_root}; ingest recorded "
+                                    f"{expected!r}: rerun ingest")
     return target
 
 
-def relative_inside(root: Path, path: Path, where: str) -> str:
-    """The path of `path` relative to `root` as stored in manifests; refuses paths outside root."""
-    real_root, real = Path(root).resolve(), Path(path).resolve()
-    if not real.is_relative_to(real_root):
-        raise InputError(where, f"{path} resolves to {real}, outside the dataset root {real_root}")
-    return Path(os.path.relpath(Path(path).absolute(), Path(root).absolute())).as_posix()
+def _checked_links(links: object, where: str) -> dict[str, str]:
+    """A case's `links` as read from a manifest (untrusted): a mapping of strings, or absent."""
+    if links is None:
+        return {}
+    if not isinstance(links, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in links.items()):
+        raise InputError(where, f"links {links!r:.80} is not a mapping of link path to target; expected "
+                                "{\"case/file.nii.gz\": \"../elsewhere/file.nii.gz\"}")
+    return dict(links)
 
 
-def manifest_root(manifest_path: Path, manifest: dict, index: int = 0) -> Path:
-    """Root folder number `index` of a manifest (raw manifests list dataset roots; others use their folder)."""
+def _links_out(real_root: Path, rel: str) -> list[tuple[str, Path]]:
+    """(link path, real target) of each symlink on `rel` whose target lies outside `real_root`."""
+    out, parent, parts = [], real_root, Path(rel).parts
+    for depth, part in enumerate(parts, 1):
+        real = (parent / part).resolve()
+        if real != parent / part and not real.is_relative_to(real_root):
+            out.append(("/".join(parts[:depth]), real))
+        parent = real
+    return out
+
+
+def relative_inside(root: Path, path: Path, where: str, links: dict[str, str] | None = None) -> str:
+    """The path of `path` relative to `root` as stored in manifests (the link's own path when it is
+    reached through symlinks); refuses paths outside root. Symlinks on the way that lead out of the
+    root are refused, or, given `links`, followed and recorded there (link path -> target relative
+    to the real root) for resolve_inside."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir:
+        raise InputError(where, f"{path} is outside the dataset root {root}")
+    real_root = Path(root).resolve()
+    escapes = _links_out(real_root, rel)
+    if escapes and links is None:
+        raise InputError(where, f"{path} resolves to {Path(path).resolve()}, outside the dataset root {real_root}")
+    for link, real in escapes:
+        links[link] = Path(os.path.relpath(real, real_root)).as_posix()
+    return Path(rel).as_posix()
+
+
+def manifest_root(manifest_path: Path, manifest: dict, index: int = 0, data_roots: Sequence[Path] = ()) -> Path:
+    """Root folder number `index` of a manifest (raw manifests list dataset roots; others use their folder).
+
+    The allowed roots never come from the manifest alone (an edited `roots: ["/"]` would open every
+    file): a root must lie inside the manifest's own folder, or inside a folder the reading command
+    was given with --data-root (`data_roots`)."""
     folder = Path(manifest_path).resolve().parent
     roots = manifest.get("roots") or ["."]
-    return (folder / roots[index]).resolve()
+    named = Path(os.path.normpath(folder / roots[index]))  # as written (a link the user placed stays theirs)
+    root = named.resolve()
+    allowed = [folder, *(Path(os.path.abspath(d)) for d in data_roots), *(Path(d).resolve() for d in data_roots)]
+    if not any(p.is_relative_to(a) for p in (named, root) for a in allowed):
+        raise InputError(manifest_path, f"roots[{index}] {roots[index]!r} is {root}, outside the manifest's folder "
+                                        f"{folder}; expected a root inside it, or pass --data-root {root} (or a folder "
+                                        "above it) to allow it (ingest writes such a root when DATA lies outside the "
+                                        "folder of --out)")
+    return root

@@ -1,7 +1,8 @@
-"""Read any supported volume fully into memory (never lazily) and write NIfTI back on its geometry.
+"""Read any supported volume fully into memory (never lazily), with the geometry it sits on.
 
 NIfTI goes through nibabel; NRRD and MHA/MHD through SimpleITK (LPS world converted to RAS).
-Every failure a user can cause becomes an InputError naming the file.
+Every failure a user can cause becomes an InputError naming the file. Writing NIfTI back on a
+geometry is io.nifti.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def read_volume(path: Path, allow_4d: bool = False) -> tuple[np.ndarray, Geometr
         data, geom = _read_sitk(path)
     else:
         raise InputError(path, "unsupported file type; expected .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd")
+    check_value_range(path, data)
     return _check_dims(path, data, allow_4d), geom
 
 
@@ -68,6 +70,7 @@ def _read_nifti(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, Geom
     try:
         raw = _gunzip(blob) if path.name.lower().endswith(".gz") else blob
         img = _nifti_from_bytes(raw)
+        check_voxel_type(path, img.header.get_data_dtype())
         data = _voxels(img, raw)
     except (zlib.error, ValueError, EOFError, OSError, OverflowError, MemoryError, nib.filebasedimages.ImageFileError,
             nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as exc:
@@ -80,18 +83,51 @@ def _read_nifti(path: Path, blob: bytes | None = None) -> tuple[np.ndarray, Geom
 
 def _voxels(img, raw: bytes) -> np.ndarray:
     """The voxel array as a read-only view of the decompressed bytes (no copy), scaled if the header
-    says so; nibabel's own reader copies the whole volume once more through a BytesIO."""
+    says so; nibabel's own reader copies the whole volume once more through a BytesIO.
+
+    Scaling: nibabel moves scl_slope/scl_inter out of the header into the array proxy when it
+    reads a file (the header then reports none), so the proxy is what says whether to scale."""
     hdr = img.header
     dtype, shape = hdr.get_data_dtype(), hdr.get_data_shape()
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    if slope != 1.0 or inter != 0.0:
+        return np.asanyarray(img.dataobj)  # nibabel applies slope/intercept (NIfTI's rules) and the dtype
     # nibabel's own offset: a vox_offset of 0 (common in BraTS files) means "right after the header"
     count, offset = int(np.prod(shape)), int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
     if offset < 352 or offset + count * dtype.itemsize > len(raw) or dtype.hasobject:  # 352: header + magic
         return np.asanyarray(img.dataobj)  # let nibabel raise (or cope) for odd files
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
-    slope, inter = hdr.get_slope_inter()
-    if (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0):
-        return np.asanyarray(img.dataobj)  # scaled data: nibabel applies slope/intercept and dtype rules
-    return data
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
+
+
+def check_voxel_type(path: Path, dtype: np.dtype) -> None:
+    """One scalar, real number per voxel: complex and RGB voxels have no intensity to normalise."""
+    dtype = np.dtype(dtype)
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise InputError(path, f"holds {len(dtype.names or (0, 0, 0))}-component (RGB/vector) voxels ({dtype}); "
+                               "expected one scalar intensity per voxel")
+    if dtype.kind == "c":
+        raise InputError(path, f"holds complex voxels ({dtype}); expected real-valued intensities (e.g. magnitude)")
+    if dtype.kind not in "biuf":
+        raise InputError(path, f"holds voxels of type {dtype}; expected integers or floats")
+
+
+def check_value_range(path: Path, data: np.ndarray) -> None:
+    """Values a float32 pipeline can hold: float64 files beyond float32's range would become inf."""
+    if data.dtype.kind == "f" and data.dtype.itemsize > 4 and data.size:
+        finite = np.abs(data[np.isfinite(data)])
+        if finite.size and float(finite.max()) > float(np.finfo(np.float32).max):
+            raise InputError(path, f"holds values up to {float(finite.max()):.3g}, beyond float32's range "
+                                   f"(±{float(np.finfo(np.float32).max):.3g}); expected intensities a float32 can hold")
+
+
+def select_volume(path: Path, data: np.ndarray, index: int | None) -> np.ndarray:
+    """Volume `index` of a 4D file (MSD stacks the modalities in one file); None: the file itself."""
+    if index is None:
+        return data
+    if data.ndim != 4 or not 0 <= index < data.shape[3]:
+        raise InputError(path, f"volume_index {index} names no volume of this file (shape {list(data.shape)}); "
+                               f"expected a 4D file with at least {index + 1} volumes, or volume_index null")
+    return data[..., index]
 
 
 def _nifti_from_bytes(raw: bytes):
@@ -130,6 +166,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
     if img.GetDimension() != 3:
         raise InputError(path, f"has {img.GetDimension()} dimensions; expected a 3D volume")
     data = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z) like nibabel
+    check_voxel_type(path, data.dtype)
     lps = np.eye(4)
     lps[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(img.GetSpacing())
     lps[:3, 3] = img.GetOrigin()
@@ -137,28 +174,6 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
     geom = Geometry(shape=tuple(int(s) for s in data.shape), affine=as_affine_tuple(affine),
                     source_format=path.suffix.lower().lstrip("."))
     return np.ascontiguousarray(data), geom
-
-
-def write_nifti(array: np.ndarray, geometry: Geometry, path: Path, dtype=np.uint8) -> Path:
-    """Write `array` on `geometry`'s grid; qform/sform and their codes are those of the source file."""
-    if tuple(array.shape[:3]) != tuple(geometry.shape):
-        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape}")
-    affine = geometry.affine_array
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    sform_code = geometry.sform_code if geometry.source_format == "nifti" else 1
-    qform_code = geometry.qform_code if geometry.source_format == "nifti" else 1
-    qform = np.asarray(geometry.qform) if geometry.qform is not None else affine
-    img.set_sform(affine if sform_code > 0 else None, code=sform_code)
-    img.set_qform(qform if qform_code > 0 else None, code=qform_code)
-    img.header.set_xyzt_units("mm", "sec")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from brats_seg.core.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-    return path
 
 
 def _short(exc: BaseException) -> str:
@@ -183,11 +198,44 @@ def read_volume_verified(path: Path, sha256: str, allow_4d: bool = False) -> tup
     if volume_format(path) != "nifti":
         return read_volume(path, allow_4d)
     data, geom = _read_nifti(path, blob)
+    check_value_range(path, data)
     return _check_dims(path, data, allow_4d), geom
 
 
+MAX_FILE_VOXELS = 1 << 30  # ~1.07e9 voxels (1024^3): beyond any MR volume; would need > 4 GB as float32
+HEADER_SLACK = 1 << 20  # bytes a header may declare in extensions beyond its fixed part
+
+
+def declared_nifti_bytes(head: bytes) -> int | None:
+    """Bytes a NIfTI file's header says the file holds (vox_offset + voxels x bitpix), or None when
+    the first bytes are not a NIfTI-1/2 header (nibabel then says what is wrong)."""
+    if len(head) < 348:
+        return None
+    for order in "<>":
+        sizeof = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
+        if sizeof == 348:
+            dims = np.frombuffer(head[40:56], dtype=f"{order}i2").astype(np.int64)
+            bitpix = int(np.frombuffer(head[72:74], dtype=f"{order}i2")[0])
+            offset = int(np.frombuffer(head[108:112], dtype=f"{order}f4")[0])
+        elif sizeof == 540 and len(head) >= 540:
+            dims = np.frombuffer(head[16:80], dtype=f"{order}i8")
+            bitpix = int(np.frombuffer(head[12:14], dtype=f"{order}i2")[0])
+            offset = int(np.frombuffer(head[168:176], dtype=f"{order}i8")[0])
+        else:
+            continue
+        ndim = int(dims[0])
+        if not 1 <= ndim <= 7 or bitpix <= 0 or offset < 0:
+            return None
+        voxels = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=object))
+        if voxels > MAX_FILE_VOXELS:
+            raise ValueError(f"header declares {voxels} voxels, more than the {MAX_FILE_VOXELS} a volume may have")
+        return max(offset, sizeof + 4) + voxels * bitpix // 8
+    return None
+
+
 def _gunzip(blob: bytes) -> bytes:
-    """Decompress every gzip member (some writers emit several) in one-shot calls.
+    """Decompress every gzip member (some writers emit several) in one-shot calls, never past the
+    size the NIfTI header declares (a small file of compressed zeros must not inflate to gigabytes).
 
     Uses ISA-L (python-isal) when installed: about 1.7x faster than zlib on BraTS files.
     """
@@ -195,14 +243,24 @@ def _gunzip(blob: bytes) -> bytes:
         from isal import isal_zlib as zlib_impl
     except ImportError:  # optional speed-up
         zlib_impl = zlib
-    parts = []
+    try:
+        head = zlib_impl.decompressobj(47).decompress(blob, 544)
+    except zlib_impl.error as exc:
+        raise ValueError(f"corrupt compressed data: {exc}") from None
+    declared = declared_nifti_bytes(head)
+    limit = (declared + HEADER_SLACK) if declared is not None else 64 * len(blob) + HEADER_SLACK
+    parts, total = [], 0
     while blob:
         inflater = zlib_impl.decompressobj(47)  # 47: accept a gzip or zlib header
         try:
-            parts.append(inflater.decompress(blob))
+            part = inflater.decompress(blob, limit - total + 1)
         except zlib_impl.error as exc:
             raise ValueError(f"corrupt compressed data: {exc}") from None
+        total += len(part)
+        if total > limit:
+            raise ValueError(f"decompresses to more than the {limit} bytes its header declares")
         if not inflater.eof:
             raise EOFError("compressed stream ends early (truncated file)")
+        parts.append(part)
         blob = inflater.unused_data
     return b"".join(parts)

@@ -1,15 +1,24 @@
 """Stage adapters for pipeline files: each turns a YAML stage into a CLI call plus the paths that
 decide whether it is current. Going through the CLI keeps one code path for both ways of running.
 
-Parameters map onto the command's flags by name (`spacing: 2.0` -> `--spacing 2.0`, `tta: true`
--> `--tta`); `overrides:` lists are passed as trailing `key=value` arguments (train).
+Options map onto the command's own flags by name (`spacing: 2.0` -> `--spacing 2.0`, `tta: true`
+-> `--tta`), checked against the command's parser: an unknown option, a value the flag does not
+take or a missing required flag is one error line naming the file and the stage, found before any
+stage runs. `overrides:` lists are passed as trailing `key=value` arguments (train). Path options
+are relative to the workdir, `config:` files to the pipeline file.
 """
 from __future__ import annotations
 
+import argparse
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn, Sequence
 
 from brats_seg.errors import InputError
+
+OVERRIDES = "overrides"
+DATA_ROOT = "data_root"
 
 
 @dataclass
@@ -17,6 +26,38 @@ class StageContext:
     argv: list[str]
     inputs: list[Path] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    out: Path = Path(".")
+
+
+def command_parser(command: str, where: str) -> argparse.ArgumentParser:
+    """The command's own argument parser, raising InputError(`where`) instead of exiting."""
+    from brats_seg.cli import COMMANDS
+
+    module, help_text = COMMANDS[command]
+    cmd = importlib.import_module(f"brats_seg.commands.{module}")
+    parser = argparse.ArgumentParser(prog=f"brats-seg {command}", description=help_text, add_help=False)
+    cmd.configure(parser)
+    parser.set_defaults(_run=cmd.run)
+
+    def error(message: str) -> NoReturn:
+        raise InputError(where, f"{message}; expected the options `brats-seg {command} --help` lists")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Option name as a pipeline writes it (min_component_mm3) -> its argparse action."""
+    return {a.option_strings[-1].lstrip("-").replace("-", "_"): a
+            for a in parser._actions if a.option_strings}  # argparse has no public listing
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 @dataclass(frozen=True)
@@ -29,54 +70,73 @@ class Stage:
     config_params: tuple[str, ...] = ()     # paths relative to the pipeline file, not the workdir
     resumable: bool = False                 # an interrupted run is continued with --resume
 
-    def context(self, params: dict, spec_dir: Path, workdir: Path) -> StageContext:
-        params = dict(params)
-        for key in self.config_params:
-            if key in params:
-                params[key] = str((spec_dir / params[key]).resolve())
-        for key in (*self.input_params, self.output):
-            if key in params:
-                params[key] = _resolve(params[key], workdir)
+    def context(self, params: dict, spec_dir: Path, workdir: Path, where: str,
+                data_roots: Sequence[Path] = ()) -> StageContext:
+        """The command line and the paths of one stage; InputError(`where`) for any option the
+        command does not take. data_roots: passed as --data-root when the command takes it."""
+        parser = command_parser(self.command, where)
+        actions = _options(parser)
         if self.output not in params:
-            raise InputError(f"stage {self.command}", f"missing '{self.output}:'; expected the output path")
+            raise InputError(where, f"missing '{self.output}:'; expected the output path")
+        params = self._resolved(params, spec_dir, workdir, actions)
+        if data_roots and DATA_ROOT in actions and DATA_ROOT not in params:
+            params[DATA_ROOT] = [str(d) for d in data_roots]
         inputs = [Path(p) for k in (*self.input_params, *self.config_params) if k in params for p in _as_list(params[k])]
         out = Path(params[self.output])
-        outputs = [out / self.output_file if self.output_file else out]
-        argv = [self.command] + [str(v) for k in self.positional for v in _as_list(params.pop(k, []))]
-        overrides = [str(o) for o in params.pop("overrides", [])]
+        argv = self._argv(parser, actions, params, where)
+        parser.parse_args(argv[1:])  # every type, choice and required flag, before anything runs
+        return StageContext(argv, list(dict.fromkeys(inputs)), [out / self.output_file if self.output_file else out], out)
+
+    def _argv(self, parser: argparse.ArgumentParser, actions: dict[str, argparse.Action], params: dict,
+              where: str) -> list[str]:
+        params = dict(params)
+        argv = [self.command] + [_text(v) for k in self.positional for v in _as_list(params.pop(k, []))]
+        overrides = [_text(o) for o in _as_list(params.pop(OVERRIDES, []))]
+        if overrides and not any(a.dest == OVERRIDES for a in parser._actions):
+            raise InputError(where, f"'{OVERRIDES}:' is given but `brats-seg {self.command}` takes no KEY=VALUE "
+                                    "overrides")
+        bad = next((o for o in overrides if not o.partition("=")[0] or "=" not in o), None)
+        if bad is not None:
+            raise InputError(where, f"{OVERRIDES}: {bad!r} is not KEY=VALUE; expected a list such as "
+                                    "['train.epochs=40', 'optim.lr=0.001']")
         for key, value in params.items():
-            argv += _flag(key, value)
-        return StageContext(argv + overrides, inputs, outputs)
+            if key not in actions:
+                raise InputError(where, f"unknown option {key!r} for `brats-seg {self.command}`; expected one of "
+                                        f"{', '.join(sorted(actions))}")
+            argv += _flag(actions[key], key, value, where)
+        return argv + overrides
 
-    def run(self, ctx: StageContext) -> None:
+    def _resolved(self, params: dict, spec_dir: Path, workdir: Path, actions: dict[str, argparse.Action]) -> dict:
+        """Config paths against the pipeline file's folder; every other path against the workdir."""
+        params = dict(params)
+        path_keys = {k for k, a in actions.items() if a.type is Path} | set(self.input_params) | {self.output}
+        for key, value in params.items():
+            base = spec_dir if key in self.config_params else workdir if key in path_keys else None
+            if base is not None:
+                resolved = [str((base / str(v)).resolve()) for v in _as_list(value)]
+                params[key] = resolved if isinstance(value, list) else resolved[0]
+        return params
+
+    def run(self, ctx: StageContext, where: str) -> None:
         """The command's own run(), so its InputError reaches the user as the one error line."""
-        from brats_seg.cli import build_parser
-
-        args = build_parser().parse_args(ctx.argv)
+        args = command_parser(self.command, where).parse_args(ctx.argv[1:])
         code = int(args._run(args) or 0)
         if code != 0:
-            raise InputError(f"stage {self.command}", f"exited with code {code}; see the messages above")
+            raise InputError(where, f"`brats-seg {self.command}` exited with code {code}; see the messages above")
 
 
-def _resolve(value, workdir: Path):
-    if isinstance(value, list):
-        return [_resolve(v, workdir) for v in value]
-    return str((workdir / str(value)).resolve())
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-def _flag(key: str, value) -> list[str]:
-    name = "--" + key.replace("_", "-")
-    if value is True:
-        return [name]
-    if value is False or value is None:
-        return []
-    if isinstance(value, list):
-        return [name, ",".join(str(v) for v in value)]
-    return [name, str(value)]
+def _flag(action: argparse.Action, key: str, value: Any, where: str) -> list[str]:
+    """The command-line words for one option, in the form its argparse action takes."""
+    name = action.option_strings[-1]
+    if action.nargs == 0:  # store_true / store_false / count
+        if not isinstance(value, bool) and str(value).lower() not in ("true", "false"):
+            raise InputError(where, f"{key}: {value!r} for the switch {name}; expected true or false")
+        return [name] if str(value).lower() == "true" else []
+    if isinstance(action, argparse._AppendAction):  # repeatable (--data-root DIR ...)
+        return [w for v in _as_list(value) for w in (name, _text(v))]
+    if action.nargs in ("+", "*"):
+        return [name, *(_text(v) for v in _as_list(value))]
+    return [name, ",".join(_text(v) for v in _as_list(value))]
 
 
 STAGES: dict[str, Stage] = {

@@ -1,0 +1,1 @@
+"""Preprocessing stage: reorient, crop, resample and normalise cases into arrays training reads."""

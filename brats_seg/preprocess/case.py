@@ -2,6 +2,17 @@
 
 Everything needed to go back to the original file grid is returned in the manifest entry
 (see inverse.py), so inference can put predictions back exactly where they belong.
+
+The brain region (one rule for preprocessing and inference): the crop is the bounding box of the
+voxels nonzero in any channel, and each channel is z-scored over its own nonzero voxels inside it
+(background stays exactly 0). For skull-stripped BraTS data that is the brain. An image with no zero
+border (not skull-stripped, or a constant modality) has its whole volume as the region: the crop
+keeps every voxel and the statistics run over all of them; a constant channel (std 0) is divided by
+1 and becomes all zeros. The arrays read are never written to: they may be read-only views of the
+decompressed file bytes, or a caller's own arrays.
+
+Every file read is held to ingest's content rules again (io.content), and a resampled grid may
+not pass MAX_GRID_VOXELS per channel (`max_voxels`), so a wrong voxel size cannot ask for 10^11 voxels.
 """
 from __future__ import annotations
 
@@ -12,42 +23,49 @@ from pathlib import Path
 import numpy as np
 
 from brats_seg.errors import InputError
+from brats_seg.io.content import read_image_record, read_label_record
 from brats_seg.io.labels import canonical_with_counts
-from brats_seg.io.geometry import Geometry
-from brats_seg.io.volume import read_volume_verified
+from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM, Geometry, same_grid
 from brats_seg.core.atomic import atomic_path
-from brats_seg.io.manifest import resolve_inside
 from brats_seg.preprocess import spatial
 from brats_seg.preprocess.store import case_dir
 
 FG_SAMPLES_PER_CLASS = 10_000
 PERCENTILE_SAMPLE = 20_000
+MAX_GRID_VOXELS = 512 ** 3  # per channel after resampling (~0.5 GB as float32): beyond any brain MRI grid
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """spacing and dtype decide the output (hashed); the bounds only refuse inputs, so they are not hashed."""
+
     spacing: str | tuple[float, float, float] = "native"  # "native" or target mm per axis
     dtype: str = "float16"
+    max_voxels: int = MAX_GRID_VOXELS  # voxels per channel a resampled grid may have
+    spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM  # input voxel sizes accepted, mm
 
     def to_dict(self) -> dict:
         return {"spacing": self.spacing if isinstance(self.spacing, str) else list(self.spacing), "dtype": self.dtype}
 
 
-def load_case(case: dict, root: Path) -> tuple[list[np.ndarray], np.ndarray | None, Geometry]:
-    """Read every channel and the label map as stored (verified against the manifest's sha256)."""
-    images, geometry = [], None
+def load_case(case: dict, root: Path, spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM
+              ) -> tuple[list[np.ndarray], np.ndarray | None, Geometry]:
+    """Read every channel and the label map as stored, verified against the manifest (sha256, shape,
+    volume_index) and held to ingest's content rules; all on one grid."""
+    images, geometry, first, links = [], None, None, case.get("links")
     for channel in case["channels"]:
-        rec = case["images"][channel]
-        path = resolve_inside(root, rec["path"], case["id"])
-        data, geom = read_volume_verified(path, rec["sha256"], allow_4d=rec.get("volume_index") is not None)
-        if rec.get("volume_index") is not None:
-            data = data[..., rec["volume_index"]]
+        path, data, geom = read_image_record(root, case["images"][channel], case["id"], spacing_range, links)
+        if geometry is None:
+            geometry, first = geom, path
+        elif (problem := same_grid(geometry, geom)) is not None:
+            raise InputError(path, f"{problem} of {first.name}; expected all images of a case on one grid")
         images.append(data)
-        geometry = geometry or geom
     seg = None
     if case.get("seg"):
-        path = resolve_inside(root, case["seg"]["path"], case["id"])
-        seg, _ = read_volume_verified(path, case["seg"]["sha256"])
+        path, seg, geom = read_label_record(root, case["seg"], case["label_convention"], case["id"], spacing_range,
+                                            links)
+        if (problem := same_grid(geometry, geom)) is not None:
+            raise InputError(path, f"label map is on another grid: {problem} of the images; expected the images' grid")
     return images, seg, geometry
 
 
@@ -64,7 +82,7 @@ class PreparedCase:
 
 
 def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geometry, channels: list[str],
-                   cfg: PreprocessConfig, label_convention: str | None = None) -> PreparedCase:
+                   cfg: PreprocessConfig, label_convention: str | None = None, case_id: str = "case") -> PreparedCase:
     """The per-case chain without writing anything (shared by preprocessing and inference).
 
     The crop box is found and applied in file axes (contiguous memory, cheap); only the cropped
@@ -74,7 +92,7 @@ def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geome
     cropped_file_shape = tuple(hi - lo for lo, hi in box)
     ornt = spatial.canonical_ornt(geom.affine_array)
     views = [spatial.reorient(spatial.crop(im, box), ornt) for im in images]
-    image, norm = _normalise(views, channels, cfg.dtype)
+    image, norm = _normalise(views, channels, cfg.dtype, case_id)
     labels, class_voxels = None, None
     if seg is not None:  # canonical labels after cropping: a third of the voxels to map
         labels, counts = canonical_with_counts(spatial.reorient(spatial.crop(seg, box), ornt), label_convention,
@@ -83,7 +101,7 @@ def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geome
     affine = geom.affine_array @ spatial.translation([lo for lo, _ in box])
     affine = spatial.reoriented_affine(affine, ornt, cropped_file_shape)
     cropped_shape = tuple(int(n) for n in views[0].shape)
-    image, labels, affine = _maybe_resample(image, labels, affine, cfg)
+    image, labels, affine = _maybe_resample(image, labels, affine, cfg, case_id)
     if labels is not None and cfg.spacing != "native":  # resampling changes the counts
         class_voxels = {str(c): int(np.count_nonzero(labels == c)) for c in range(1, 4)}
         class_voxels = {"0": labels.size - sum(class_voxels.values()), **class_voxels}
@@ -94,9 +112,9 @@ def prepare_arrays(images: list[np.ndarray], seg: np.ndarray | None, geom: Geome
 
 def preprocess_case(case: dict, root: Path, out_root: Path, cfg: PreprocessConfig) -> dict:
     """Run the whole per-case chain and write the case's arrays; returns its manifest entry."""
-    images, seg, geom = load_case(case, root)
+    images, seg, geom = load_case(case, root, cfg.spacing_range)
     prepared = prepare_arrays(images, seg, geom, case["channels"], cfg,
-                              case["label_convention"] if seg is not None else None)
+                              case["label_convention"] if seg is not None else None, case["id"])
     image, affine = prepared.image, prepared.affine
     entry = {
         "id": case["id"], "channels": list(case["channels"]),
@@ -115,20 +133,25 @@ def preprocess_case(case: dict, root: Path, out_root: Path, cfg: PreprocessConfi
     return entry
 
 
-def _normalise(views: list[np.ndarray], channels: list[str], dtype: str) -> tuple[np.ndarray, dict]:
+def _normalise(views: list[np.ndarray], channels: list[str], dtype: str, case_id: str) -> tuple[np.ndarray, dict]:
     """Z-score each channel over its nonzero (brain) voxels; background stays exactly 0.
 
     Zeros add nothing to the sums, so the statistics need no masked copy of the brain voxels;
     only brain voxels are converted to the output dtype (float16 conversion is numpy's slowest step).
+    The float32 working copy is the function's own: a float32 view that needs no conversion (a
+    whole-volume crop of a float32 file) is copied rather than scaled in place.
     """
     out = np.zeros(views[0].shape + (len(views),), dtype=dtype, order="F")
     norm = {}
     for c, (name, view) in enumerate(zip(channels, views)):
-        flat = np.asfortranarray(view, dtype=np.float32).reshape(-1, order="F")
+        flat = np.asfortranarray(view, dtype=np.float32)
+        if np.may_share_memory(flat, view):
+            flat = flat.copy(order="F")
+        flat = flat.reshape(-1, order="F")
         brain = flat != 0
         count = int(np.count_nonzero(brain))
         if count == 0:
-            raise InputError(name, "channel is all zero inside the crop; expected brain signal")
+            raise InputError(case_id, f"channel {name} is all zero inside the crop; expected brain signal")
         mean, std = _mean_std(flat, count)
         norm[name] = {"mean": mean, "std": std, **_percentiles(view), "voxels": count}
         flat -= mean
@@ -159,16 +182,26 @@ def _percentiles(view: np.ndarray) -> dict:
     return {"p00_5": float(lo), "p99_5": float(hi)}
 
 
-def _maybe_resample(image: np.ndarray, labels: np.ndarray | None, affine: np.ndarray, cfg: PreprocessConfig):
+def _maybe_resample(image: np.ndarray, labels: np.ndarray | None, affine: np.ndarray, cfg: PreprocessConfig,
+                    case_id: str):
     if cfg.spacing == "native":
         return image, labels, affine
     spacing = tuple(np.linalg.norm(affine[:3, :3], axis=0))
     shape = spatial.target_shape(image.shape[:3], spacing, tuple(cfg.spacing))
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > cfg.max_voxels:
+        raise InputError(case_id, f"resampling {list(image.shape[:3])} voxels of {_mm(spacing)} mm to {_mm(cfg.spacing)} mm "
+                                  f"gives a {list(shape)} grid ({voxels} voxels per channel), more than the "
+                                  f"{cfg.max_voxels} allowed; expected a voxel size near the target (or raise --max-voxels)")
     chan_first = np.moveaxis(image, -1, 0).astype(np.float32)
     resampled = np.asfortranarray(np.moveaxis(spatial.resample_image(chan_first, shape, order=1), 0, -1), dtype=image.dtype)
     if labels is not None:
         labels = np.asfortranarray(spatial.resample_labels(labels, shape))
     return resampled, labels, spatial.resampled_affine(affine, image.shape[:3], shape)
+
+
+def _mm(values) -> str:
+    return "x".join(f"{float(v):.4g}" for v in values)
 
 
 def _write_arrays(out_root: Path, case_id: str, image: np.ndarray, labels: np.ndarray | None,

@@ -6,20 +6,23 @@ sha256s, and the arrays it lists still hash to what it recorded. entry.json is w
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Sequence
 
+from brats_seg.contracts.stage_files import PreprocessedEntry, read_optional
 from brats_seg.core.allocator import keep_freed_memory
-from brats_seg.errors import InputError, with_location
 from brats_seg.core.atomic import atomic_write_json
-from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
 from brats_seg.core.hashing import sha256_file, sha256_json
+from brats_seg.core.paths import refuse_overwrite
+from brats_seg.core.shards import select_shard
+from brats_seg.errors import InputError, with_location
+from brats_seg.io.content import record_paths
+from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
 from brats_seg.preprocess.case import PreprocessConfig, preprocess_case
-from brats_seg.core.locks import exclusive_lock
-from brats_seg.preprocess.manifests import shard_manifest_path, write_stage_manifest
+from brats_seg.preprocess.manifests import PREPROCESSED, write_stage_manifest
 from brats_seg.preprocess.store import case_dir
 
 ALGORITHM_VERSION = 2  # bump when the per-case output changes for the same config (2: strided percentile sample)
@@ -29,21 +32,15 @@ def config_hash(cfg: PreprocessConfig) -> str:
     return sha256_json({"config": cfg.to_dict(), "algorithm": ALGORITHM_VERSION})
 
 
-def select_shard(cases: list[dict], shard: tuple[int, int]) -> list[dict]:
-    """Deterministic 1/N of the cases: sorted by id, every N-th starting at I."""
-    index, count = shard
-    return sorted(cases, key=lambda c: c["id"])[index::count]
-
-
 def is_done(case: dict, root: Path, out_dir: Path, cfg_sha: str) -> dict | None:
-    """The stored entry if the case is complete and current, else None."""
-    path = case_dir(out_dir, case["id"]) / "entry.json"
-    try:
-        entry = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    """The stored entry if the case is complete and current, else None (also when entry.json is
+    damaged in any way: that case is simply done again)."""
+    stored = read_optional(case_dir(out_dir, case["id"]) / "entry.json", PreprocessedEntry)
+    if stored is None:
         return None
+    entry = stored.model_dump(mode="python", exclude_unset=True)  # the entry as written, nothing added
     wanted = {c: case["images"][c]["sha256"] for c in case["channels"]} | ({"seg": case["seg"]["sha256"]} if case.get("seg") else {})
-    if entry.get("config_sha256") != cfg_sha or entry["source"].get("inputs_sha256") != wanted:
+    if entry["config_sha256"] != cfg_sha or entry["source"].get("inputs_sha256") != wanted:
         return None
     if not _inputs_unchanged(case, root) or not _outputs_verify(entry, out_dir):
         return None
@@ -53,15 +50,17 @@ def is_done(case: dict, root: Path, out_dir: Path, cfg_sha: str) -> dict | None:
 def _inputs_unchanged(case: dict, root: Path) -> bool:
     records = [case["images"][c] for c in case["channels"]] + ([case["seg"]] if case.get("seg") else [])
     try:
-        return all(sha256_file(resolve_inside(root, r["path"], case["id"])) == r["sha256"] for r in records)
+        return all(sha256_file(resolve_inside(root, r["path"], case["id"], case.get("links"))) == r["sha256"]
+                   for r in records)
     except (OSError, InputError):
         return False
 
 
 def _outputs_verify(entry: dict, out_dir: Path) -> bool:
     try:
-        return all(sha256_file(out_dir / entry[key]) == digest for key, digest in entry["sha256"].items())
-    except OSError:
+        return all(sha256_file(resolve_inside(out_dir, entry[key], entry["id"])) == digest
+                   for key, digest in entry["sha256"].items())
+    except (OSError, KeyError, InputError):
         return False
 
 
@@ -80,22 +79,25 @@ def _run_one(job: tuple[dict, Path, Path, PreprocessConfig, str]) -> tuple[str, 
 
 
 def run_preprocess(raw_path: Path, out_dir: Path, cfg: PreprocessConfig, workers: int = 1,
-                   shard: tuple[int, int] = (0, 1), force: bool = False) -> dict:
-    """Preprocess this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path."""
+                   shard: tuple[int, int] = (0, 1), force: bool = False, data_roots: Sequence[Path] = ()) -> dict:
+    """Preprocess this shard's cases of `raw_path` into `out_dir`; returns counts and the manifest path.
+
+    data_roots: folders outside the raw manifest's own folder its roots may lie in (--data-root)."""
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     keep_freed_memory()  # before the workers fork: a case's big buffers are reused, not page-faulted anew
     raw = load_manifest(raw_path, stage="raw")
+    cases = select_shard(raw["cases"], shard)
+    roots = {id(c): manifest_root(raw_path, raw, c["root"], data_roots) for c in cases}
+    inputs = [raw_path, *set(roots.values()), *(p for c in cases for p in record_paths(c, roots[id(c)]))]
+    refuse_overwrite(out_dir, inputs, "--out", out_is_folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_sha = config_hash(cfg)
-    with exclusive_lock(out_dir / ".locks" / f"shard-{shard[0]}-of-{shard[1]}.lock"):
-        cases = select_shard(raw["cases"], shard)
-        roots = {id(c): manifest_root(raw_path, raw, c["root"]) for c in cases}
+    with PREPROCESSED.locked(out_dir, shard):
         done = {} if force else {c["id"]: e for c in cases if (e := is_done(c, roots[id(c)], out_dir, cfg_sha))}
         todo = [(c, roots[id(c)], out_dir, cfg, cfg_sha) for c in cases if c["id"] not in done]
         fresh, failed = _execute(todo, workers)
         entries = [done.get(c["id"]) or fresh.get(c["id"]) for c in cases]
-        manifest_path = shard_manifest_path(out_dir, shard)
-        write_stage_manifest(manifest_path, [e for e in entries if e], failed, raw_path, cfg, cfg_sha, shard)
+        manifest_path = write_stage_manifest(out_dir, [e for e in entries if e], failed, raw_path, cfg, cfg_sha, shard)
     summary = {"done": len(fresh), "skipped": len(done), "failed": len(failed), "manifest": str(manifest_path)}
     print(f"preprocess: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed -> {manifest_path}",
           file=sys.stderr)

@@ -1,21 +1,22 @@
-"""What the 2D trainer needs from a dataset folder: split datasets, a resumable sample stream,
-the data fingerprint, and the model metadata stored in checkpoints.
+"""What the 2D task needs from a dataset folder: split datasets, the keyed training dataset, the
+data fingerprint, and the model metadata stored in checkpoints.
 
-The training stream reuses the 3D side's StreamSampler/make_loader: a sample is a pure function
-of (seed, epoch, rank, index), since its image is picked from a seeded permutation and its
+The training stream is the engine's (brats_seg.engine.loader): a sample is a pure function of
+(seed, epoch, rank, index), since its image is picked from a seeded permutation and its
 augmentation runs under a torch RNG seeded from the same key. So a resume at step k restarts the
 sampler at k·batch and draws exactly the samples an uninterrupted run would have drawn, for any
 number of DataLoader workers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from brats_seg.engine.model_meta import ModelMeta
 from brats_seg.errors import InputError
 from brats_seg.seg2d.config import CAMVID_CLASSES, Config2D, Data2DConfig, Model2DConfig
 from brats_seg.seg2d.data import SegmentationDataset, build_dataset
@@ -30,7 +31,6 @@ class Data2D:
     val: SegmentationDataset | None
     sha256: str
     split: dict
-    unlabelled: list = field(default_factory=list)  # the 3D session's start-up report reads it
 
 
 def open_split(d: Data2DConfig, root: Path, split: str, transform=None) -> SegmentationDataset:
@@ -111,17 +111,6 @@ class TrainStream(Dataset):
         return {"image": item["image"], "label": item["mask"]}
 
 
-def build_loader_2d(data: Data2D, cfg: Config2D, rank: int, world_size: int, device: torch.device):
-    """(DataLoader, StreamSampler) over the training stream, via the 3D side's make_loader."""
-    from brats_seg.seg3d.loader import StreamSampler, make_loader
-
-    samples = cfg.train.steps_per_epoch * cfg.optim.grad_accum * cfg.data.batch_size
-    sampler = StreamSampler(samples, rank)
-    loader = make_loader(TrainStream(data.train, cfg.seed, world_size), sampler, cfg.data.batch_size,
-                         cfg.data.num_workers, cfg.seed, rank, pin_memory=device.type == "cuda")
-    return loader, sampler
-
-
 def model_kwargs(m: Model2DConfig, num_classes: int) -> dict:
     """Keyword arguments of the registry factory (without the pretrained file: inference rebuilds from these)."""
     kw: dict = {"num_classes": num_classes, "backbone": m.backbone, "aux": m.aux}
@@ -140,23 +129,24 @@ def class_names(fmt: str, num_classes: int) -> list[str]:
     return [known[i] if i < len(known) else f"class_{i}" for i in range(num_classes)]
 
 
-def model_meta_2d(cfg: Config2D, data: Data2D) -> dict:
+def model_meta_2d(cfg: Config2D, data: Data2D) -> ModelMeta:
     """What evaluation, prediction and quantization need to rebuild the model and its data."""
     from brats_seg.core.typed_config import to_dict
 
     n = data.train.num_classes
-    return {"task": "2d", "model": cfg.model.name, "model_kwargs": model_kwargs(cfg.model, n),
-            "num_classes": n, "ignore_index": data.train.labels.ignore_index,
-            "class_names": class_names(cfg.data.format, n), "data": to_dict(cfg.data),
-            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+    teacher = str(Path(cfg.distill.teacher).resolve()) if cfg.distill.teacher else None
+    return ModelMeta(task="2d", model=cfg.model.name, model_kwargs=model_kwargs(cfg.model, n), num_classes=n,
+                     ignore_index=data.train.labels.ignore_index, class_names=class_names(cfg.data.format, n),
+                     data=to_dict(cfg.data), normalize={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                     distilled_from=teacher)
 
 
-def build_model_2d(cfg: Model2DConfig, meta: dict, load_pretrained: bool) -> torch.nn.Module:
+def build_model_2d(cfg: Model2DConfig, meta: ModelMeta, load_pretrained: bool) -> torch.nn.Module:
     """The registry model; ImageNet backbone weights from `pretrained_backbone` on a fresh run only."""
     from brats_seg.models.registry import create_model
 
     extra = {"pretrained_backbone": cfg.pretrained_backbone} if (load_pretrained and cfg.pretrained_backbone) else {}
     try:
-        return create_model(meta["model"], **meta["model_kwargs"], **extra)
+        return create_model(meta.model, **meta.model_kwargs, **extra)
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError("model", str(exc).strip("'\""))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -42,8 +43,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from brats_seg.seg2d.predict import predict_2d
 
     _setup_torch(args)
-    if not 0.0 <= args.alpha <= 1.0 or (args.eval_scale is not None and args.eval_scale <= 0):
-        raise InputError("predict2d", "--alpha must be in [0, 1] and --eval-scale > 0")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise InputError("--alpha", f"got {args.alpha}; expected an opacity in [0, 1]")
+    if args.eval_scale is not None and not (math.isfinite(args.eval_scale) and 0 < args.eval_scale <= 8):
+        raise InputError("--eval-scale", f"got {args.eval_scale}; expected a resize factor in (0, 8]")
     rows = predict_2d(args.model, args.images, args.out, args.device, args.eval_scale, args.alpha)
     print(f"wrote {len(rows)} palette mask(s) and overlay(s) to {args.out}")
     return 0

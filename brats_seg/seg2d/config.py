@@ -1,9 +1,10 @@
-"""2D training configuration: its own root dataclass, loaded by the 3D side's typed machinery.
+"""2D training configuration: its own root dataclass, loaded by the typed machinery of core.typed_config.
 
-The optimiser, schedule, train-loop and distributed sections are the 3D trainer's own
-dataclasses (brats_seg.seg3d.config), so the two tasks share their keys and their checks; only
-the model, data, augmentation, loss, validation and distillation sections are 2D-specific.
-Keys are documented in pipelines/voc_deeplabv3plus.yaml.
+The optimiser, schedule, train-loop and distributed sections are the engine's shared dataclasses
+(brats_seg.engine.config), so the two tasks share their keys, their checks and the run-control
+keys of the config hash; only the model, data, augmentation, loss, validation and distillation
+sections are 2D-specific.
+Keys are documented in pipelines/train/voc_deeplabv3plus.yaml.
 
 Splits: `data.train_split` / `data.val_split` name a VOC ImageSets list, a CamVid folder
 (`<split>` + `<split>annot`), an ADE20K `images/<split>` folder, or a subfolder of the root for
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from brats_seg.errors import InputError
-from brats_seg.seg3d.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig
-from brats_seg.core.typed_config import apply_overrides, build_typed, load_yaml_mapping
+from brats_seg.core.typed_config import (Range, above, at_least, check_ranges, load_typed, load_yaml_mapping, ordered,
+                                        within)
+from brats_seg.engine.config import (RUN_CONTROL_KEYS, SHARED_RANGES, DistributedConfig, OptimConfig, ScheduleConfig,
+                                    TrainConfig, check_loop_sections, config_hash, require)
 
 Backbone = Literal["vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"]
 CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
@@ -125,23 +128,33 @@ class Config2D:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
-# Keys that do not change what is trained (config_hash skips them, so a resume may change them).
-RUN_CONTROL_KEYS_2D = ("train.time_budget_s", "train.checkpoint_every_steps", "train.log_every_steps",
-                       "train.progress", "data.num_workers", "distributed.timeout_s", "validation.max_images")
+def legacy_config_hash(cfg: Config2D) -> str:
+    """The hash 2D checkpoints were written with before train.memory_format became a run-control
+    key for 2D too (it was hashed then): a resume of such a run is accepted under it."""
+    return config_hash(cfg, tuple(k for k in RUN_CONTROL_KEYS if k != "train.memory_format"))
+
+
+# The range of every numeric field of the 2D sections, by meaning (cross-field rules: _check_*).
+RANGES_2D: dict[str, Range] = {
+    **SHARED_RANGES,
+    "model.output_stride": within(8, 32), "model.width_mult": within(0, 16, low_open=True),
+    "model.aspp_channels": within(1, 65536), "model.dropout": within(0, 1, high_open=True),
+    "model.fc_channels": within(1, 65536),
+    "data.num_classes": within(0, 65535), "data.ignore_index": within(0, 65535),
+    "data.crop_size": within(16, 16384), "data.batch_size": within(1, 4096), "data.num_workers": within(0, 256),
+    "data.eval_scale": within(0, 16, low_open=True),
+    "augment.scale_range": ordered(above(0)), "augment.rotate_degrees": within(0, 180),
+    "augment.jitter": within(0, 1, high_open=True),
+    "loss.ce_weight": at_least(0), "loss.dice_weight": at_least(0), "loss.aux_weight": at_least(0),
+    "validation.every_epochs": at_least(0), "validation.max_images": at_least(0),
+    "distill.temperature": within(0, 1000, low_open=True), "distill.alpha": within(0, 1),
+}
 
 
 def load_config_2d(path: Path | None, overrides: Sequence[str] = ()) -> Config2D:
-    """Config2D from a YAML file plus `key=value` overrides, type- and range-checked."""
-    mapping = apply_overrides(load_yaml_mapping(path), overrides)
-    mapping.setdefault("task", "2d")
-    cfg = build_typed(Config2D, mapping)
-    check_config_2d(cfg)
-    return cfg
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise InputError(key, message)
+    """Config2D from a YAML file plus `key=value` overrides, type- and range-checked; a bad value is
+    one InputError naming its key, the value, the range and the file or override it came from."""
+    return load_typed(Config2D, path, overrides, check_config_2d, defaults={"task": "2d"}, ranges=RANGES_2D)
 
 
 def uses_batchnorm(model: Model2DConfig) -> bool:
@@ -151,58 +164,41 @@ def uses_batchnorm(model: Model2DConfig) -> bool:
 
 def _check_model(m: Model2DConfig) -> None:
     if m.name == "deeplabv3plus":
-        _require(m.backbone != "vgg16", "model.backbone", "deeplabv3plus needs a ResNet or mobilenet_v2 backbone")
-        _require(m.output_stride in (8, 16), "model.output_stride", f"got {m.output_stride}; deeplabv3plus "
+        require(m.backbone != "vgg16", "model.backbone", "deeplabv3plus needs a ResNet or mobilenet_v2 backbone")
+        require(m.output_stride in (8, 16), "model.output_stride", f"got {m.output_stride}; deeplabv3plus "
                                                                     "supports 8 or 16")
     elif m.backbone == "vgg16":
-        _require(m.output_stride == 32, "model.output_stride", f"got {m.output_stride}; FCN-VGG16 has stride 32 only")
-        _require(not m.aux, "model.aux", "the VGG16 FCN has no auxiliary head; use a ResNet backbone")
+        require(m.output_stride == 32, "model.output_stride", f"got {m.output_stride}; FCN-VGG16 has stride 32 only")
+        require(not m.aux, "model.aux", "the VGG16 FCN has no auxiliary head; use a ResNet backbone")
     else:
-        _require(m.output_stride in (8, 16, 32), "model.output_stride", f"got {m.output_stride}; expected 8, 16 or 32")
-    _require(m.width_mult > 0, "model.width_mult", f"got {m.width_mult}; expected > 0")
-    _require(m.aspp_channels >= 1 and m.fc_channels >= 1, "model.aspp_channels", "channel counts must be >= 1")
-    _require(0 <= m.dropout < 1, "model.dropout", f"got {m.dropout}; expected 0 <= dropout < 1")
+        require(m.output_stride in (8, 16, 32), "model.output_stride", f"got {m.output_stride}; expected 8, 16 or 32")
 
 
 def _check_data(cfg: Config2D) -> None:
     d = cfg.data
     if d.format == "folder":
-        _require(d.num_classes >= 2, "data.num_classes", f"got {d.num_classes}; the folder format needs the "
+        require(d.num_classes >= 2, "data.num_classes", f"got {d.num_classes}; the folder format needs the "
                                                          "number of classes (>= 2)")
-        _require(not 0 <= d.ignore_index < d.num_classes, "data.ignore_index",
+        require(not 0 <= d.ignore_index < d.num_classes, "data.ignore_index",
                  f"got {d.ignore_index}; it must not be a class index (0..{d.num_classes - 1}); 255 is usual")
-    _require(min(d.crop_size) >= 16, "data.crop_size", f"got {list(d.crop_size)}; expected sizes >= 16")
+    require(min(d.crop_size) >= 16, "data.crop_size", f"got {list(d.crop_size)}; expected sizes >= 16")
     least = 2 if uses_batchnorm(cfg.model) else 1
-    _require(d.batch_size >= least, "data.batch_size", f"got {d.batch_size}; BatchNorm needs batches of at "
+    require(d.batch_size >= least, "data.batch_size", f"got {d.batch_size}; BatchNorm needs batches of at "
                                                        f"least 2 images (the ASPP pooling branch sees one value "
                                                        f"per image)" if least == 2 else "expected >= 1")
-    _require(d.num_workers >= 0, "data.num_workers", f"got {d.num_workers}; expected >= 0")
-    _require(d.eval_scale > 0, "data.eval_scale", f"got {d.eval_scale}; expected > 0")
-    _require(d.format != "camvid" or bool(d.train_split), "data.train_split", "camvid needs a split folder name")
+    require(d.format != "camvid" or bool(d.train_split), "data.train_split", "camvid needs a split folder name")
 
 
 def _check_rest(cfg: Config2D) -> None:
-    a, loss, t, o = cfg.augment, cfg.loss, cfg.train, cfg.optim
-    lo, hi = a.scale_range
-    _require(0 < lo <= hi, "augment.scale_range", f"got {[lo, hi]}; expected 0 < low <= high")
-    _require(a.rotate_degrees >= 0 and 0 <= a.jitter < 1, "augment.jitter", "expected rotate_degrees >= 0 and "
-                                                                            "0 <= jitter < 1")
-    _require(min(loss.ce_weight, loss.dice_weight, loss.aux_weight) >= 0, "loss", "weights must be >= 0")
-    _require(loss.ce_weight + loss.dice_weight > 0, "loss.ce_weight", "ce_weight + dice_weight must be > 0")
-    _require(cfg.distill.temperature > 0, "distill.temperature", f"got {cfg.distill.temperature}; expected > 0")
-    _require(0 <= cfg.distill.alpha <= 1, "distill.alpha", f"got {cfg.distill.alpha}; expected 0..1")
-    _require(t.epochs >= 1 and t.steps_per_epoch >= 1, "train.epochs", "epochs and steps_per_epoch must be >= 1")
-    _require(t.max_steps >= 0 and t.time_budget_s >= 0, "train.max_steps", "limits must be >= 0 (0 = none)")
-    _require(t.log_every_steps >= 1, "train.log_every_steps", f"got {t.log_every_steps}; expected >= 1")
-    _require(o.lr > 0, "optim.lr", f"got {o.lr}; expected > 0")
-    _require(o.grad_accum >= 1, "optim.grad_accum", f"got {o.grad_accum}; expected >= 1")
-    _require(o.grad_clip >= 0, "optim.grad_clip", f"got {o.grad_clip}; expected >= 0 (0 disables)")
-    _require(cfg.validation.every_epochs >= 0 and cfg.validation.max_images >= 0, "validation.every_epochs",
-             "expected >= 0 (0: never / all images)")
+    loss = cfg.loss
+    require(loss.ce_weight + loss.dice_weight > 0, "loss.ce_weight", f"got ce_weight {loss.ce_weight:g} and "
+            f"dice_weight {loss.dice_weight:g}; expected ce_weight + dice_weight > 0")
+    check_loop_sections(cfg.train, cfg.optim)
 
 
 def check_config_2d(cfg: Config2D) -> None:
-    """Value ranges the types cannot express."""
+    """Value ranges (RANGES_2D), then the rules that tie fields together."""
+    check_ranges(cfg, RANGES_2D)
     _check_model(cfg.model)
     _check_data(cfg)
     _check_rest(cfg)

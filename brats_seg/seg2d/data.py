@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from brats_seg.errors import InputError
+from brats_seg.seg2d.image_modes import index_mask, to_rgb8
 from brats_seg.seg2d.labels import LabelSpec, ade20k_labels, camvid_labels, voc_colour_labels, voc_labels
 from brats_seg.seg2d.transforms import eval_transform, image_to_tensor
 
@@ -42,8 +43,9 @@ def _open(path: Path) -> Image.Image:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """HxWx3 uint8 RGB (greyscale, palette and RGBA images are converted; EXIF rotation is not applied)."""
-    return np.array(_open(Path(path)).convert("RGB"))
+    """HxWx3 uint8 RGB; greyscale, 16-bit, float, palette, RGBA and CMYK pictures are converted at
+    their full range (see image_modes); EXIF rotation is not applied."""
+    return np.array(to_rgb8(_open(Path(path)), Path(path)))
 
 
 def read_mask(path: str | Path, labels: LabelSpec) -> np.ndarray:
@@ -51,10 +53,7 @@ def read_mask(path: str | Path, labels: LabelSpec) -> np.ndarray:
     image = _open(Path(path))
     if labels.is_colour:
         return np.asarray(image.convert("RGB"))
-    if image.mode in ("RGB", "RGBA"):
-        raise InputError(path, f"mask is {image.mode} colour, expected palette (P) or greyscale (L) "
-                               "indices; for colour-coded masks use colour labels (e.g. voc_colour_labels())")
-    return np.asarray(image).astype(np.int64)
+    return index_mask(image, Path(path))
 
 
 def load_pair(pair: SamplePair, labels: LabelSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -21,13 +21,11 @@ from brats_seg.seg2d.metrics import SegmentationMeter, confusion_matrix, mean_io
 
 
 def load_model_2d(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, meta) from a 2D run dir or checkpoint (best.pt, else latest.pt)."""
+    """(model in eval mode, meta as stored) from a 2D run dir or checkpoint (best.pt, else latest.pt);
+    the meta is checked as a task-2d ModelMeta, so a 3D run is refused with one InputError."""
     from brats_seg.engine.checkpoint import load_inference_model
 
-    model, meta = load_inference_model(Path(path), device)
-    if meta.get("task") != "2d":
-        raise InputError(path, "is not a 2D checkpoint (task 2d); for 3D models use brats-seg predict/evaluate")
-    return model, meta
+    return load_inference_model(Path(path), device, task="2d")
 
 
 @torch.no_grad()
@@ -83,8 +81,10 @@ def dataset_for_model(meta: dict, data_root: Path, config: Path | None, split: s
                       overrides: Sequence[str] = ()):
     """(dataset of `split` with eval transform, its data config, split): the data section of
     --config when given, else the run's own (stored in the checkpoint); `data.key=value` overrides apply."""
-    from brats_seg.core.typed_config import apply_overrides, build_typed
-    from brats_seg.seg2d.config import Data2DConfig, load_config_2d
+    from types import SimpleNamespace
+
+    from brats_seg.core.typed_config import apply_overrides, build_typed, check_ranges
+    from brats_seg.seg2d.config import RANGES_2D, Data2DConfig, load_config_2d
     from brats_seg.seg2d.build import open_split
     from brats_seg.seg2d.transforms import eval_transform
 
@@ -96,6 +96,7 @@ def dataset_for_model(meta: dict, data_root: Path, config: Path | None, split: s
         if extra:
             raise InputError(extra[0], "only data.* overrides apply here (the model comes from the checkpoint)")
         d = build_typed(Data2DConfig, merged["data"], "data.")
+        check_ranges(SimpleNamespace(data=d), {k: r for k, r in RANGES_2D.items() if k.startswith("data.")})
     split = d.val_split if split is None else split
     dataset = open_split(d, Path(data_root), split, eval_transform())
     if dataset.num_classes != meta["num_classes"]:
@@ -110,10 +111,13 @@ def evaluate_2d(run_or_checkpoint: Path, data_root: Path, config: Path | None, o
     from brats_seg.infer.runs import checkpoint_file
     from brats_seg.core.atomic import atomic_write_json, atomic_write_text
     from brats_seg.core.hashing import sha256_file
+    from brats_seg.core.paths import refuse_overwrite
 
     ckpt = checkpoint_file(Path(run_or_checkpoint))
     model, meta = load_model_2d(ckpt, device)
     dataset, d, split = dataset_for_model(meta, data_root, config, split, overrides)
+    refuse_overwrite(out_dir, [run_or_checkpoint, ckpt, data_root, *([config] if config else []),
+                               *(f for pair in dataset.pairs for f in (pair.image, pair.mask))], "--out", True)
     result, rows = evaluate_dataset(model, dataset, meta["num_classes"], meta["ignore_index"], device,
                                     d.eval_scale, per_image=True)
     names = meta.get("class_names") or [f"class_{i}" for i in range(meta["num_classes"])]

@@ -67,19 +67,25 @@ def _save_png(path: Path, image: Image.Image) -> None:
 
 def predict_2d(run_or_checkpoint: Path, images: Path | Sequence[Path], out_dir: Path, device: str = "cpu",
                eval_scale: float | None = None, alpha: float = 0.5) -> list[dict]:
-    """Predict every image; returns one {"image", "mask", "overlay"} row per input.
+    """Predict every image; returns one {"image", "mask", "overlay"} row per input. An `out_dir`
+    that holds an input image (or is the model) is refused before anything is written.
 
     eval_scale: resize factor for the network input (default: the run's data.eval_scale).
     """
+    from brats_seg.core.paths import refuse_overwrite
+    from brats_seg.engine.checkpoint import model_checkpoint
     from brats_seg.seg2d.evaluate import load_model_2d
 
-    model, meta = load_model_2d(Path(run_or_checkpoint), device)
+    ckpt = model_checkpoint(Path(run_or_checkpoint))
+    model, meta = load_model_2d(ckpt, device)
+    files = list_images(images)
+    refuse_overwrite(out_dir, [*files, run_or_checkpoint, ckpt], "--out", out_is_folder=True)
     if meta["num_classes"] > 256:
         raise InputError(run_or_checkpoint, "more than 256 classes cannot be written as palette PNGs")
     scale = float((meta.get("data") or {}).get("eval_scale", 1.0)) if eval_scale is None else eval_scale
     out_dir = Path(out_dir)
     rows = []
-    for path in list_images(images):
+    for path in files:
         rgb = read_image(path)
         labels = predict_image(model, rgb, device, scale)
         mask_path, overlay_path = out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png"

@@ -1,4 +1,4 @@
-"""int8 post-training static quantization for CPU deployment, and a latency benchmark.
+"""int8 post-training static quantization for CPU deployment: the one FX prepare/calibrate/convert flow.
 
 What works on torch 2.13 (CPU build), checked when this was written:
 - FX graph mode (`torch.ao.quantization.quantize_fx.prepare_fx/convert_fx`) with the "x86"
@@ -22,17 +22,33 @@ Two fixes on top of the default flow, both found by measurement:
   quantized cat kernel, which silently uses the first input's scale and clips the others
   (cat of [1.0] at scale 0.01 and [10.0] at scale 0.1 gives [1.0, 2.55]). Each such cat is
   replaced by one that requantizes all inputs to a common range covering every input.
+
+seg2d/int8.py builds the checkpoint recipe (calibration on dataset images, a weights_only file)
+on this flow; the fp32-vs-int8 latency comparison is a benchmark (bench/seg2d.py).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import statistics
-import time
 import warnings
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
+
+from brats_seg.errors import InputError
+
+_QUIET = (r".*torch\.ao\.quantization is deprecated.*", r".*reduce_range will be deprecated.*",
+          r".*quantized tensor creation functions.*", r".*torch\.jit\..* is deprecated.*")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the deprecation warnings of torch.ao.quantization and torch.jit (here only)."""
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
 
 
 def quantize_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor],
@@ -43,26 +59,37 @@ def quantize_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor],
     dozen representative images are enough: observers only record activation ranges.
     Sets `torch.backends.quantized.engine` to `backend`: the int8 kernels run on that engine.
     """
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    if backend not in torch.backends.quantized.supported_engines:
-        raise ValueError(f"quantization backend {backend!r} not available; "
-                         f"supported: {torch.backends.quantized.supported_engines}")
-    torch.backends.quantized.engine = backend
     batches = list(calibration_batches)
     if not batches:
         raise ValueError("quantize_int8 needs at least one calibration batch")
+    prepared = prepare_observed(model, backend, batches[0])
+    with torch.no_grad():
+        for x in batches:
+            prepared(x.cpu())
+    return convert_observed(prepared)
+
+
+def prepare_observed(model: nn.Module, backend: str = "x86",
+                     example: torch.Tensor | None = None) -> torch.fx.GraphModule:
+    """fp32 copy of `model` with observers inserted (deterministic: a reload re-inserts the same ones)."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    if backend not in torch.backends.quantized.supported_engines:
+        raise InputError("--backend", f"{backend!r} not available; supported: "
+                                      f"{', '.join(torch.backends.quantized.supported_engines)}")
+    torch.backends.quantized.engine = backend
     float_model = copy.deepcopy(model).cpu().eval()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated.*")
-        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
-        qconfig = int8_qconfig_mapping(float_model, backend)
-        prepared = prepare_fx(float_model, qconfig, example_inputs=(batches[0],))
-        with torch.no_grad():
-            for x in batches:
-                prepared(x.cpu())
-        return _fix_quantized_cat(convert_fx(prepared))
+    example = torch.zeros(1, 3, 64, 64) if example is None else example.cpu()
+    with quiet():
+        return prepare_fx(float_model, int8_qconfig_mapping(float_model, backend), example_inputs=(example,))
+
+
+def convert_observed(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """int8 GraphModule from a calibrated prepared model (a copy: `prepared` keeps its statistics)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with quiet():
+        return fix_quantized_cat(convert_fx(copy.deepcopy(prepared)))
 
 
 def int8_qconfig_mapping(model: nn.Module, backend: str = "x86"):
@@ -89,36 +116,13 @@ def cat_common_scale(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     return torch.ops.quantized.cat(list(tensors), dim, scale, zero_point)
 
 
-def _fix_quantized_cat(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def fix_quantized_cat(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Replace every torch.cat of the converted graph by cat_common_scale (in place; returned)."""
     for node in graph_module.graph.nodes:
         if node.op == "call_function" and node.target is torch.cat:
             node.target = cat_common_scale
     graph_module.recompile()
     return graph_module
-
-
-def benchmark_latency(model: nn.Module, input_shape: tuple[int, ...], threads: int = 2,
-                      repeats: int = 10, warmup: int = 2) -> dict[str, float]:
-    """Wall-clock latency of one forward pass in ms (median, mean, min) with `threads` intra-op threads.
-
-    Timing noise on a shared machine is large; report the median. Restores the thread count.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    x = torch.randn(*input_shape)
-    model = model.eval()
-    times = []
-    try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        torch.set_num_threads(previous)
-    return {"median_ms": statistics.median(times), "mean_ms": statistics.fmean(times), "min_ms": min(times)}
 
 
 def pixel_agreement(model_a: nn.Module, model_b: nn.Module, batches: Iterable[torch.Tensor]) -> float:

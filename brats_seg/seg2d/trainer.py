@@ -1,12 +1,9 @@
-"""The 2D trainer (task '2d' of `brats-seg train`, and `brats-seg distill`).
+"""The 2D task (task '2d' of `brats-seg train`, and `brats-seg distill`).
 
-Built from the 3D trainer's pieces: TrainState and its checkpoint round trip (train.state,
-train.checkpoint: atomic, weights_only, latest/previous/best, RNG states), optimisers and LR
-schedules (train.schedule), AMP and seeding (train.runtime), torchrun support
-(train.distributed), metrics files (train.logging), run.json (train.run_info), the Session and
-run-dir checks (train.setup3d) and the step/save/stop logic (train.loop, via twod.loop).
-What is 2D here: the datasets and sample stream (twod.setup), the loss (twod.losses), mIoU
-validation (twod.loop) and the optional frozen teacher for distillation.
+What is 2D here: the datasets and sample stream (seg2d.build), the loss (seg2d.losses), mIoU
+validation (seg2d.evaluate) and the optional frozen teacher for distillation. The loop,
+checkpoints, resume, DDP, time budget and run files are the engine's (brats_seg.engine.loop),
+so both tasks checkpoint, resume and stop identically.
 
 Exit codes as for 3D: 0 done, 2 bad input, 75 stopped by SIGTERM after a checkpoint.
 """
@@ -17,20 +14,19 @@ from typing import Sequence
 
 import torch
 
-from brats_seg.errors import InputError
-from brats_seg.seg3d.config import config_hash, total_steps
-from brats_seg.engine.distributed import DistInfo, init_distributed, shutdown
-from brats_seg.engine.loop import _finish
-from brats_seg.engine.run_info import load_run_info, new_run_info
-from brats_seg.engine.runtime import EXIT_OK, EXIT_PREEMPTED, StopFlag, amp_dtype, autocast_factory, configure_runtime, make_scaler, seed_all
-from brats_seg.engine.schedule import LRSchedule, build_optimizer
-from brats_seg.engine.session import Session, _wrap_ddp, _write_start_files, check_run_dir, restore_if_resuming
+from brats_seg.engine.distributed import DistInfo
+from brats_seg.engine.loop import train
+from brats_seg.engine.metrics_log import Curves
+from brats_seg.engine.session import Session
 from brats_seg.engine.state import TrainState
-from brats_seg.core.typed_config import to_dict
-from brats_seg.seg2d.config import RUN_CONTROL_KEYS_2D, Config2D, load_config_2d, resolve_data_arg
-from brats_seg.seg2d.epoch import MetricsLogger2D, run_epochs
+from brats_seg.engine.task import Built, DataRecord, Task
+from brats_seg.errors import InputError
+from brats_seg.seg2d.build import Data2D, TrainStream, build_model_2d, model_meta_2d, open_data_2d
+from brats_seg.seg2d.config import Config2D, legacy_config_hash, load_config_2d, resolve_data_arg
+from brats_seg.seg2d.evaluate import evaluate_dataset, load_model_2d
 from brats_seg.seg2d.losses import DistillWrapper, Seg2DLoss
-from brats_seg.seg2d.build import Data2D, build_loader_2d, build_model_2d, model_meta_2d, open_data_2d
+
+CURVES = Curves((("val_miou", "mIoU"), ("val_pixel_accuracy", "pixel accuracy")), ylabel="score", title="validation")
 
 
 def load_run_config(config: Path | None, data: Path, out: Path, resume: bool,
@@ -38,7 +34,7 @@ def load_run_config(config: Path | None, data: Path, out: Path, resume: bool,
     """(config, dataset root): --config (RUN_DIR/config.yaml on --resume) + the --data YAML's keys + overrides."""
     if config is None:
         if not resume:
-            raise InputError("--config", "required for a new run (e.g. --config pipelines/voc_deeplabv3plus.yaml)")
+            raise InputError("--config", "required for a new run (e.g. --config pipelines/train/voc_deeplabv3plus.yaml)")
         config = Path(out) / "config.yaml"
     root, data_overrides = resolve_data_arg(Path(data))
     return load_config_2d(config, [*data_overrides, *overrides]), root
@@ -59,26 +55,31 @@ def run_training(config: Path | None, data: Path, out: Path, fold: int | None, r
 
 def train_2d(cfg: Config2D, root: Path, run_dir: Path, resume: bool) -> int:
     """Train (or distill, when cfg.distill.teacher is set) into `run_dir`; returns the exit code."""
-    info = init_distributed(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
-    stop = StopFlag().install()
-    try:
-        data = open_data_2d(Path(root), cfg)
-        check_run_dir(run_dir, resume)
-        teacher = load_teacher(cfg.distill.teacher, data, info.device) if cfg.distill.teacher else None
-        state = build_state_2d(cfg, data, info, run_dir, teacher, fresh=not resume)
-        session = start_session_2d(state, cfg, data, stop, resume)
-        status = run_epochs(state, session)
-        _finish(state, session, status)
-        return EXIT_PREEMPTED if status == "preempted" else EXIT_OK
-    finally:
-        stop.restore()
-        shutdown(info)
+    return train(cfg, lambda info: task_2d(cfg, open_data_2d(Path(root), cfg), info), Path(run_dir), resume)
+
+
+def task_2d(cfg: Config2D, data: Data2D, info: DistInfo) -> Task:
+    """The engine's view of a 2D run on `data` (the teacher, if any, is loaded onto info.device now)."""
+    teacher = load_teacher(cfg.distill.teacher, data, info.device) if cfg.distill.teacher else None
+    record = DataRecord(data.root, data.sha256, data.split, identity=data.sha256)
+
+    def validate_2d(state: TrainState, session: Session) -> dict:
+        meta = state.meta
+        result, _ = evaluate_dataset(state.model, data.val, meta.num_classes, meta.ignore_index,
+                                     eval_scale=cfg.data.eval_scale, max_images=cfg.validation.max_images,
+                                     autocast=state.autocast, info=state.info)
+        return {"val_miou": result["miou"], "val_pixel_accuracy": result["pixel_accuracy"],
+                "val_mean_class_accuracy": result["mean_class_accuracy"],
+                "val_iou_per_class": dict(zip(meta.class_names, result["iou_per_class"]))}
+
+    return Task(name="2d", cfg=cfg, data=record, build=lambda fresh: build_2d(cfg, data, teacher, fresh),
+                dataset=lambda world_size: TrainStream(data.train, cfg.seed, world_size),
+                validate=validate_2d if data.val is not None else None, score_key="val_miou",
+                epoch_text=epoch_text, curves=CURVES, spatial_dims=2, legacy_hashes=(legacy_config_hash(cfg),))
 
 
 def load_teacher(path: str, data: Data2D, device: torch.device) -> torch.nn.Module:
     """The frozen teacher (a 2D run dir or checkpoint) for the student's classes."""
-    from brats_seg.seg2d.evaluate import load_model_2d
-
     teacher, meta = load_model_2d(Path(path), device)
     if meta["num_classes"] != data.train.num_classes:
         raise InputError(path, f"teacher predicts {meta['num_classes']} classes, the dataset has "
@@ -86,42 +87,17 @@ def load_teacher(path: str, data: Data2D, device: torch.device) -> torch.nn.Modu
     return teacher
 
 
-def build_state_2d(cfg: Config2D, data: Data2D, info: DistInfo, run_dir: Path,
-                   teacher: torch.nn.Module | None = None, fresh: bool = True) -> TrainState:
-    """Model, optimiser, schedule, scaler and loss, freshly initialised from the seed."""
-    configure_runtime(cfg.train.num_threads, cfg.train.deterministic, info.device)
-    seed_all(cfg.seed)
+def build_2d(cfg: Config2D, data: Data2D, teacher: torch.nn.Module | None, fresh: bool) -> Built:
+    """The student (ImageNet backbone weights on a fresh run only), its loss, its metadata, and
+    the teacher beside it in training when distilling."""
     meta = model_meta_2d(cfg, data)
-    if teacher is not None:
-        meta["distilled_from"] = str(Path(cfg.distill.teacher).resolve())
-    model = build_model_2d(cfg.model, meta, load_pretrained=fresh).to(info.device)
-    seed_all(cfg.seed + 7919 * (info.rank + 1))  # ranks draw different dropout masks
-    dtype = amp_dtype(cfg.train.amp, info.device)
-    ddp = _wrap_ddp(model, info)
-    train_model = torch.compile(ddp or model) if cfg.train.compile else (ddp or model)
-    if teacher is not None:
-        train_model = DistillWrapper(train_model, teacher)
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    model = build_model_2d(cfg.model, meta, load_pretrained=fresh)
     lc = cfg.loss
-    loss_fn = Seg2DLoss(lc.ce_weight, lc.dice_weight, lc.aux_weight, meta["ignore_index"],
+    loss_fn = Seg2DLoss(lc.ce_weight, lc.dice_weight, lc.aux_weight, meta.ignore_index,
                         cfg.distill.temperature, cfg.distill.alpha)
-    return TrainState(model, train_model, optimizer, LRSchedule(optimizer, cfg.schedule, total_steps(cfg.train)),
-                      make_scaler(info.device, dtype), loss_fn, autocast_factory(info.device, dtype), info,
-                      Path(run_dir), config_hash(cfg, RUN_CONTROL_KEYS_2D), data.sha256, meta, ddp=ddp)
+    wrap = (lambda train_model: DistillWrapper(train_model, teacher)) if teacher is not None else None
+    return Built(model, loss_fn, meta, wrap)
 
 
-def start_session_2d(state: TrainState, cfg: Config2D, data: Data2D, stop: StopFlag, resume: bool) -> Session:
-    """Restore on --resume (same config and data only), loaders, logger, config.yaml and run.json."""
-    info, run_dir = state.info, state.run_dir
-    resumed_from = restore_if_resuming(state, resume)
-    loader, sampler = build_loader_2d(data, cfg, info.rank, info.world_size, info.device)
-    logger = MetricsLogger2D(run_dir, enabled=info.is_main)
-    run_info = (load_run_info(run_dir) if resume else None) or new_run_info(
-        to_dict(cfg), state.config_hash, data.root, data.sha256, data.split, info.world_size,
-        str(info.device), state.meta)
-    session = Session(cfg, data, loader, sampler, logger, stop, run_info, total_steps(cfg.train),
-                      elapsed_at_start=state.progress.elapsed_s)
-    if info.is_main:
-        _write_start_files(state, session, resumed_from)
-    return session
-
+def epoch_text(rec: dict, best: float) -> str:
+    return f"val mIoU {rec['val_miou']:.3f} pixel acc {rec['val_pixel_accuracy']:.3f} (best {best:.3f})"

@@ -1,1 +1,1 @@
-"""seg3d."""
+"""3D BraTS segmentation task: config, dataset, patch sampling, augmentation, losses, validation."""

@@ -1,31 +1,21 @@
-"""Training data stream: a map-style dataset keyed by (epoch, rank, index) and a sampler that
-yields those keys from any position.
+"""The 3D training dataset: patches keyed by (epoch, rank, index) for the engine's sample stream
+(brats_seg.engine.loader: StreamSampler, make_loader).
 
-Why keys instead of worker RNG state: each sample draws from its own Generator seeded with
-(seed, epoch, rank, index), so the stream is identical for any number of workers, and a resume at
-step k only has to start the sampler at index k·batch — nothing about workers needs saving.
 Sharding: per epoch, cases are visited in a seeded permutation (cycled); rank r takes slots
 r, r+W, r+2W, ... so ranks see disjoint slots of the same sequence (DistributedSampler-like).
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
+from brats_seg.engine.loader import SampleKey, sample_rng
 from brats_seg.seg3d.augment import augment_intensity, draw_spatial, random_flip
 from brats_seg.seg3d.patches import CaseCache, choose_centre, crop_patch, is_forced_foreground, warped_patch
 from brats_seg.seg3d.config import AugmentConfig
-
-SampleKey = tuple[int, int, int]  # (epoch, rank, index within the rank's epoch)
-
-
-def sample_rng(seed: int, epoch: int, rank: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch, rank, index]))
 
 
 class PatchDataset(Dataset):
@@ -73,45 +63,3 @@ class PatchDataset(Dataset):
             raise ValueError(f"case {case.id} has no segmentation; training needs labelled cases")
         return {"image": torch.from_numpy(image), "label": torch.from_numpy(label),
                 "fg_class": fg_class, "centre": torch.from_numpy(centre)}
-
-
-class StreamSampler(Sampler):
-    """Yields (epoch, rank, index) for index in [start, samples_per_epoch); set_position moves it."""
-
-    def __init__(self, samples_per_epoch: int, rank: int = 0) -> None:
-        self.samples_per_epoch, self.rank = samples_per_epoch, rank
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, start: int) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[SampleKey]:
-        return ((self.epoch, self.rank, i) for i in range(self.start, self.samples_per_epoch))
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch - self.start
-
-
-def _worker_init(seed: int, rank: int, worker_id: int) -> None:
-    """Seed each worker's global RNGs from (seed, rank, worker id) for any library code that uses
-    them; one intra-op thread per worker so workers do not fight the training step for cores."""
-    import random
-
-    torch.set_num_threads(1)
-    ss = np.random.SeedSequence([seed, rank, worker_id, 0xD47A])
-    state = ss.generate_state(2)
-    random.seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    torch.manual_seed(int(ss.generate_state(1, np.uint64)[0]))
-
-
-def make_loader(dataset: PatchDataset, sampler: StreamSampler, batch_size: int, num_workers: int,
-                seed: int, rank: int, pin_memory: bool) -> DataLoader:
-    """DataLoader over the stream; its own generator so creating iterators never touches torch's global RNG."""
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        pin_memory=pin_memory, drop_last=False, persistent_workers=num_workers > 0,
-        worker_init_fn=functools.partial(_worker_init, seed, rank) if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed * 1000 + rank),
-        prefetch_factor=2 if num_workers > 0 else None,
-    )

@@ -1,8 +1,9 @@
 """Segmentation losses: soft Dice + cross-entropy, in label (softmax) or region (sigmoid) mode.
 
 Canonical labels: 0 background, 1 NCR, 2 ED, 3 ET. BraTS scores the nested regions
-WT = {1,2,3} ⊇ TC = {1,3} ⊇ ET = {3}, so "regions" mode trains three sigmoid channels on them
-directly; "labels" mode trains a softmax over the label classes.
+WT = {1,2,3} ⊇ TC = {1,3} ⊇ ET = {3} (io/labels.py REGIONS; tensor conversions in io/regions.py),
+so "regions" mode trains three sigmoid channels on them directly; "labels" mode trains a softmax
+over the label classes.
 
 Soft Dice for one channel c (sums over voxels, and over the batch when `batch_dice`):
 
@@ -25,51 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NUM_LABELS = 4
-REGION_NAMES = ("WT", "TC", "ET")
-_REGION_LABELS = ((1, 2, 3), (1, 3), (3,))
+from brats_seg.io.regions import labels_to_regions, squeeze_labels
+
 MODES = ("regions", "labels")
-
-
-def _squeeze_labels(labels: torch.Tensor) -> torch.Tensor:
-    """(B,1,*S) or (B,*S) integer labels -> (B,*S) long."""
-    if labels.is_floating_point():
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.ndim >= 3 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    return labels.long()
-
-
-def labels_to_regions(labels: torch.Tensor) -> torch.Tensor:
-    """Canonical labels (B,X,Y,Z) or (B,1,X,Y,Z) -> float region masks (B,3,X,Y,Z): WT, TC, ET."""
-    labels = _squeeze_labels(labels)
-    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_LABELS):
-        raise ValueError(
-            f"labels must be canonical 0..{NUM_LABELS - 1} (0 bg, 1 NCR, 2 ED, 3 ET), found values "
-            f"in [{int(labels.min())}, {int(labels.max())}]; convert the dataset's convention "
-            "first")
-    masks = [torch.isin(labels, torch.tensor(ids, device=labels.device)) for ids in _REGION_LABELS]
-    return torch.stack(masks, dim=1).float()
-
-
-def regions_to_labels(regions: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Region probabilities or binary masks (B,3,...) in WT, TC, ET order -> labels (B,...).
-
-    A channel is "on" where its value is > threshold. Nesting is enforced top-down, so the result
-    is always consistent: 0 if not WT; 2 (ED) if WT and not TC; 1 (NCR) if WT and TC and not ET;
-    3 (ET) if WT and TC and ET. TC outside WT, or ET outside TC, is therefore dropped.
-    """
-    if regions.ndim < 3 or regions.shape[1] != 3:
-        raise ValueError(
-            f"regions must be (B, 3, ...) in WT, TC, ET order, got {tuple(regions.shape)}")
-    wt = regions[:, 0] > threshold
-    tc = wt & (regions[:, 1] > threshold)
-    et = tc & (regions[:, 2] > threshold)
-    labels = torch.zeros(wt.shape, dtype=torch.long, device=regions.device)
-    labels[wt] = 2
-    labels[tc] = 1
-    labels[et] = 3
-    return labels
 
 
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool = True,
@@ -113,7 +72,7 @@ class DiceCELoss(nn.Module):
         return soft_dice_loss(probs, onehot, self.batch_dice, self.smooth_nr, self.smooth_dr)
 
     def _labels(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        labels = _squeeze_labels(target)
+        labels = squeeze_labels(target)
         n_classes = logits.shape[1]
         _check_spatial(logits, labels.shape[1:])
         if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
@@ -167,7 +126,7 @@ class DeepSupervisionLoss(nn.Module):
             return self.base(logits, labels)
         weights = self._level_weights(len(logits))
         if self.base.mode == "labels":
-            target = _squeeze_labels(labels)
+            target = squeeze_labels(labels)
         else:
             target = labels.float() if labels.is_floating_point() else labels_to_regions(labels)
         total = logits[0].new_zeros((), dtype=torch.float32)

@@ -1,4 +1,8 @@
-"""Validation: Gaussian-weighted sliding-window prediction of whole cases, Dice per region.
+"""Validation: whole cases through predict's sliding window, Dice per region.
+
+The tiler, its settings (Gaussian blending, brain-only window placement, grown windows) and the
+decoding of outputs into labels are predict's own (infer/sliding_window.py, io/regions.py), minus
+TTA (predict's default has none): the checkpoint kept as best.pt is the best one for predict.
 
 Cases are dealt to ranks round-robin; each rank fills its rows of a (cases x regions) table and
 one all-reduce gives every rank the full table, so every rank runs the same collectives and
@@ -13,34 +17,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from brats_seg.evaluate.dice import REGION_NAMES, dice_per_region_torch
-from brats_seg.preprocess.store import open_image, open_seg
 from brats_seg.engine.distributed import DistInfo, all_reduce_sum
-
-
-def logits_to_labels(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """(B, C, ...) logits -> canonical labels (B, ...): sigmoid regions or softmax classes."""
-    if mode == "regions":
-        from brats_seg.seg3d.losses import regions_to_labels
-
-        return regions_to_labels(torch.sigmoid(logits.float()))
-    return logits.argmax(dim=1)
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int],
-                   overlap: float, sw_batch_size: int,
-                   autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
-    """(1, C, X, Y, Z) image -> (1, K, X, Y, Z) logits (Gaussian blending of overlapping windows)."""
-    from monai.inferers import sliding_window_inference
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            out = model(x)
-        return (out[0] if isinstance(out, (list, tuple)) else out).float()
-
-    return sliding_window_inference(image, roi_size=patch_size, sw_batch_size=sw_batch_size,
-                                    predictor=predictor, overlap=overlap, mode="gaussian")
+from brats_seg.infer.sliding_window import network_predictor, sliding_window, window_for
+from brats_seg.io.labels import REGION_NAMES
+from brats_seg.io.regions import activate, background_fill, dice_per_region_torch, probabilities_to_labels
+from brats_seg.preprocess.store import open_image, open_seg
 
 
 def validate(model: torch.nn.Module, root: Path, entries: list[dict], info: DistInfo, patch_size: tuple[int, int, int],
@@ -48,14 +29,17 @@ def validate(model: torch.nn.Module, root: Path, entries: list[dict], info: Dist
              autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
     """{'val_dice_WT', 'val_dice_TC', 'val_dice_ET', 'val_dice_mean'} over `entries` (all ranks)."""
     table = torch.zeros(len(entries), len(REGION_NAMES), dtype=torch.float64, device=info.device)
+    window = window_for(model, tuple(patch_size), overlap, sw_batch_size)
+    predict = network_predictor(model, autocast)
     was_training = model.training
     model.eval()
     try:
         for i in range(info.rank, len(entries), info.world_size):
             image = torch.from_numpy(np.ascontiguousarray(open_image(root, entries[i]), dtype=np.float32))
             ref = torch.from_numpy(np.ascontiguousarray(open_seg(root, entries[i]))).to(info.device)
-            logits = predict_logits(model, image[None].to(info.device), patch_size, overlap, sw_batch_size, autocast)
-            table[i] = dice_per_region_torch(logits_to_labels(logits, loss_mode)[0], ref)
+            probs = sliding_window(image.to(info.device), predict, window, fill=background_fill(loss_mode),
+                                   activation=lambda logits: activate(logits, loss_mode))
+            table[i] = dice_per_region_torch(probabilities_to_labels(probs, loss_mode), ref)
     finally:
         model.train(was_training)
     all_reduce_sum(table, info)

@@ -23,7 +23,6 @@ noise (~3% of scale), so class means overlap enough per voxel that context matte
 from __future__ import annotations
 
 import gzip
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from brats_seg.core.atomic import atomic_path
+from brats_seg.io.geometry import Geometry, as_affine_tuple
+from brats_seg.io.nifti import nifti_image
 from brats_seg.synth import shapes
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -123,24 +125,22 @@ def qform_representable(affine: np.ndarray) -> np.ndarray:
     return header.get_qform().astype(np.float32).astype(np.float64)
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+def write_reproducible(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write a .nii.gz with sform and qform (code 1, like BraTS) equal to `affine`.
 
-    gzip with mtime=0 makes the file bytes depend on the content only, so reruns hash the same;
-    the temp file + os.replace means a killed run never leaves a half-written case file.
+    The header follows io.nifti's rules; gzip with mtime=0 makes the file bytes depend on the
+    content only, so reruns hash the same; writing through core.atomic means a killed run never
+    leaves a half-written case file.
     """
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.set_sform(affine, code=1)
-    img.set_qform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
+    exact = as_affine_tuple(affine)
+    geometry = Geometry(shape=tuple(int(s) for s in array.shape[:3]), affine=exact, qform=exact,
+                        qform_code=1, sform_code=1)
+    img = nifti_image(array, geometry, array.dtype)
     qform = img.header.get_qform()
     if not np.allclose(qform, img.header.get_sform(), atol=1e-5):
         raise RuntimeError(f"qform does not match sform for {path}:\n{qform}\n{affine}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
-    os.replace(tmp, path)
+    with atomic_path(Path(path), durable=False) as tmp:
+        tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
 
 
 def synthesize_case(case_id: str, out_dir: Path, seed: int | Sequence[int],
@@ -151,8 +151,8 @@ def synthesize_case(case_id: str, out_dir: Path, seed: int | Sequence[int],
     case_dir = Path(out_dir) / case_id
     case_dir.mkdir(parents=True, exist_ok=True)
     for name, image in phantom.images.items():
-        write_nifti(image, phantom.affine, case_dir / f"{case_id}_{name}.nii.gz")
-    write_nifti(phantom.seg, phantom.affine, case_dir / f"{case_id}_seg.nii.gz")
+        write_reproducible(image, phantom.affine, case_dir / f"{case_id}_{name}.nii.gz")
+    write_reproducible(phantom.seg, phantom.affine, case_dir / f"{case_id}_seg.nii.gz")
     return case_dir
 
 

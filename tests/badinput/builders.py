@@ -50,7 +50,7 @@ def build_workspace(root: Path) -> Path:
     from brats_seg.preprocess.stage import run_preprocess
     from brats_seg.synth.phantoms import synthesize_dataset
     from brats_seg.seg3d.config import load_config
-    from brats_seg.engine.loop import train_3d
+    from brats_seg.seg3d.trainer import train_3d
 
     root = Path(root)
     torch.set_num_threads(1)
@@ -582,13 +582,13 @@ def merge_with_a_shard_missing(ws):
 
 def merge_shards_of_different_configs(ws):
     from brats_seg.preprocess.case import PreprocessConfig
-    from brats_seg.preprocess.manifests import shard_manifest_path
+    from brats_seg.preprocess.manifests import PREPROCESSED
     from brats_seg.preprocess.stage import run_preprocess
 
     out = ws / "sharded"
     run_preprocess(_raw(ws), out, PreprocessConfig(), workers=1, shard=(0, 2))
     run_preprocess(_raw(ws), out / "other", PreprocessConfig(spacing=(2.0, 2.0, 2.0)), workers=1, shard=(1, 2))
-    shutil.copy2(shard_manifest_path(out / "other", (1, 2)), shard_manifest_path(out, (1, 2)))
+    shutil.copy2(PREPROCESSED.path(out / "other", (1, 2)), PREPROCESSED.path(out, (1, 2)))
     shutil.rmtree(out / "other")
     return Bad(["merge", out], [str(out)], ["different configs"])
 

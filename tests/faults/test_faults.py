@@ -38,7 +38,7 @@ import torch
 from brats_seg.core.hashing import sha256_file
 from brats_seg.engine.checkpoint import checkpoint_dir
 from brats_seg.seg3d.config import load_config
-from brats_seg.engine.loop import train_3d
+from brats_seg.seg3d.trainer import train_3d
 from brats_seg.engine.runtime import EXIT_PREEMPTED
 from tests.badinput.builders import make_model_run
 from tests.train_fixtures import TINY, cli_env, kill_group, make_dataset
@@ -132,7 +132,7 @@ def test_sigterm_during_validation_then_resume_is_exact(data, straight, tmp_path
     step runs (the ranks agree to stop after a step), then the checkpoint and exit 75; --resume ends
     bitwise where a straight run ends. In-process, so the signal lands inside validation for certain
     (the real CLI under SIGTERM: tests/integration/test_train.py::test_sigterm_saves_and_exits_75)."""
-    import brats_seg.engine.loop as loop
+    import brats_seg.seg3d.trainer as loop
 
     real_validate, seen = loop.validate, []
 

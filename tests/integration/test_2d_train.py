@@ -96,12 +96,12 @@ def test_preempted_run_resumes_exactly(data, tmp_path, monkeypatch):
 
     import brats_seg.engine.loop as loop  # the shared epoch loop the 2D trainer runs
 
-    real = loop._stop_reason
-    monkeypatch.setattr(loop, "_stop_reason", lambda state, session: "preempted" if state.progress.step == 4
+    real = loop.stop_reason
+    monkeypatch.setattr(loop, "stop_reason", lambda state, session: "preempted" if state.progress.step == 4
                         else real(state, session))
     assert train_2d(load_config_2d(None, steps), data, tmp_path / "cut", resume=False) == 75
     assert _latest(tmp_path / "cut")["progress"]["step"] == 4
-    monkeypatch.setattr(loop, "_stop_reason", real)
+    monkeypatch.setattr(loop, "stop_reason", real)
     assert train_2d(load_config_2d(None, steps), data, tmp_path / "cut", resume=True) == 0
 
     a, b = _latest(tmp_path / "straight"), _latest(tmp_path / "cut")

@@ -100,7 +100,7 @@ def test_native_probability_inverse_matches_the_label_file(dataset, native):
 
 
 def test_class_counts_and_foreground_samples_point_at_their_class(native):
-    from brats_seg.preprocess.fingerprint import fingerprint
+    from brats_seg.preprocess.dataset_profile import dataset_profile
     from brats_seg.preprocess.store import open_foreground
 
     manifest = load_json(native / "preprocessed.json")
@@ -114,7 +114,7 @@ def test_class_counts_and_foreground_samples_point_at_their_class(native):
             assert len(coords) == min(counts[c], 10_000)
             assert np.all(seg[tuple(coords.T)] == c)
             assert len({tuple(r) for r in coords}) == len(coords)  # no voxel twice
-    assert manifest["fingerprint"] == json.loads(json.dumps(fingerprint(manifest["cases"])))
+    assert manifest["fingerprint"] == json.loads(json.dumps(dataset_profile(manifest["cases"])))
 
 
 @pytest.mark.parametrize("case_id", IDS)

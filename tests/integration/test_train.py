@@ -12,7 +12,7 @@ import torch
 from brats_seg.errors import InputError
 from brats_seg.engine.checkpoint import checkpoint_dir
 from brats_seg.seg3d.config import load_config
-from brats_seg.engine.loop import train_3d
+from brats_seg.seg3d.trainer import train_3d
 from brats_seg.engine.runtime import EXIT_PREEMPTED
 from tests.train_fixtures import TINY, make_dataset, start_cli, wait_for_line
 
@@ -192,14 +192,14 @@ def test_learns_the_fixture(data, tmp_path):
 
 @pytest.mark.slow
 def test_demo_recipe_learns_phantoms(tmp_path):
-    """pipelines/train_demo.yaml on synthetic phantoms at 2 mm: mean region Dice >= 0.85 held out."""
+    """pipelines/train/train_demo.yaml on synthetic phantoms at 2 mm: mean region Dice >= 0.85 held out."""
     from brats_seg.cli import main
 
     raw, pre, run = tmp_path / "raw", tmp_path / "pre", tmp_path / "run"
     assert main(["synth", "--out", str(raw), "--cases", "12", "--seed", "0"]) == 0
     assert main(["ingest", str(raw), "--out", str(tmp_path / "raw.json")]) == 0
     assert main(["preprocess", str(tmp_path / "raw.json"), "--out", str(pre), "--spacing", "2.0"]) == 0
-    config = Path(__file__).resolve().parents[2] / "pipelines" / "train_demo.yaml"
+    config = Path(__file__).resolve().parents[2] / "pipelines" / "train" / "train_demo.yaml"
     assert main(["train", "--config", str(config), "--data", str(pre / "preprocessed.json"), "--out", str(run),
                  "train.time_budget_s=0"]) == 0
     info = json.loads((run / "run.json").read_text())

@@ -1,11 +1,11 @@
-"""The cluster recipes in pipelines/ run at tiny scale on this machine, as the cluster would run them.
+"""The cluster recipes in pipelines/cluster/ run at tiny scale on this machine, as the cluster would run them.
 
-- pipelines/slurm_preprocess_array.sbatch and pipelines/slurm_predict_array.sbatch: the scripts
+- pipelines/cluster/slurm_preprocess_array.sbatch and pipelines/cluster/slurm_predict_array.sbatch: the scripts
   themselves, run with bash as 2 array tasks at once (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT
   set, as SLURM sets them); the merged manifest and every output file equal a single run's.
-- pipelines/torchrun_multi_node.sh: 2 "nodes" of 1 CPU process each, started as two local agents
+- pipelines/cluster/torchrun_multi_node.sh: 2 "nodes" of 1 CPU process each, started as two local agents
   meeting through c10d rendezvous on 127.0.0.1:<free port>.
-- pipelines/torchrun_single_node.sh: 2 CPU processes on one node; SIGTERM to the torchrun job (what
+- pipelines/cluster/torchrun_single_node.sh: 2 CPU processes on one node; SIGTERM to the torchrun job (what
   SLURM's --signal does to the job step) -> every rank stops at the same step, rank 0 checkpoints,
   the script exits 75; the same command again resumes by itself and ends bitwise where the
   uninterrupted multi-node run (same world size) ended.
@@ -30,7 +30,7 @@ from brats_seg.io.manifest import load_manifest
 from tests.train_fixtures import TINY, kill_group, make_dataset, wait_for_line
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINES = REPO / "pipelines"
+CLUSTER = REPO / "pipelines" / "cluster"
 STEPS = ["train.epochs=3", "train.steps_per_epoch=3", "data.fold=0", "distributed.timeout_s=30"]
 FINAL_STEP = 9
 
@@ -47,8 +47,8 @@ def recipe_env(**extra: str) -> dict:
 
 
 def run_array(script: str, args: list, tasks: int = 2, **extra: str) -> list[subprocess.CompletedProcess]:
-    """`bash pipelines/SCRIPT ARGS` as `tasks` array tasks running at the same time."""
-    procs = [subprocess.Popen(["bash", str(PIPELINES / script), *map(str, args)], cwd=REPO, text=True,
+    """`bash pipelines/cluster/SCRIPT ARGS` as `tasks` array tasks running at the same time."""
+    procs = [subprocess.Popen(["bash", str(CLUSTER / script), *map(str, args)], cwd=REPO, text=True,
                               env=recipe_env(SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_TASK_COUNT=str(tasks), **extra),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(tasks)]
     done = []
@@ -82,7 +82,7 @@ def raw(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("script", ["slurm_preprocess_array.sbatch", "slurm_predict_array.sbatch"])
 def test_array_scripts_refuse_to_run_outside_an_array(script, tmp_path):
     args = ["a", "b"] if "preprocess" in script else ["a", "b", "c"]
-    proc = subprocess.run(["bash", str(PIPELINES / script), *args], cwd=tmp_path, env=recipe_env(),
+    proc = subprocess.run(["bash", str(CLUSTER / script), *args], cwd=tmp_path, env=recipe_env(),
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "run as an array job" in proc.stderr
 
@@ -148,7 +148,7 @@ def _latest(run: Path) -> dict:
 
 
 def _start(script: str, data: Path, run: Path, config: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(PIPELINES / script), str(data), str(run), "0", *TINY, *STEPS], cwd=REPO,
+    return subprocess.Popen(["bash", str(CLUSTER / script), str(data), str(run), "0", *TINY, *STEPS], cwd=REPO,
                             env=recipe_env(CONFIG=str(config), **env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -227,11 +227,10 @@ def test_single_node_recipe_preempted_then_resumed_equals_the_uninterrupted_run(
 
 
 def test_recipes_pass_a_bash_syntax_check():
-    for path in [PIPELINES / "slurm_predict_array.sbatch", PIPELINES / "torchrun_single_node.sh",
-                 PIPELINES / "torchrun_multi_node.sh", PIPELINES / "slurm_preprocess_array.sbatch"]:
+    for path in sorted(CLUSTER.iterdir()):
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, path
     shellcheck = shutil.which("shellcheck")
     if shellcheck:
-        proc = subprocess.run([shellcheck, *map(str, PIPELINES.glob("*.sh")), *map(str, PIPELINES.glob("*.sbatch"))],
+        proc = subprocess.run([shellcheck, *map(str, CLUSTER.glob("*.sh")), *map(str, CLUSTER.glob("*.sbatch"))],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout

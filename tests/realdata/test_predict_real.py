@@ -47,7 +47,7 @@ def test_real_brats_case_geometry_and_conventions(tmp_path):
     ingest([CASE], tmp_path / "raw.json")  # the case folder is its own root: only this case is read
     # a run preprocessed at 2 mm: the real case goes through resampling and back
     summary = predict_manifest(tiny_segmenter((2.0, 2.0, 2.0)), tmp_path / "raw.json", tmp_path / "pred",
-                               opts=BatchOptions(label_convention="brats2023"))
+                               opts=BatchOptions(label_convention="brats2023", data_roots=(CASE,)))
     assert summary["done"] == 1
     mask = nib.load(str(tmp_path / "pred" / "masks" / f"{CASE.name}.nii.gz"))
     ref = nib.load(str(CASE / f"{CASE.name}_flair.nii.gz"))
@@ -58,7 +58,7 @@ def test_real_brats_case_geometry_and_conventions(tmp_path):
         assert int(c_out) == int(c_ref) and np.array_equal(m_out, m_ref)
     values = set(np.unique(np.asarray(mask.dataobj)).tolist())
     assert values <= {0, 1, 2, 3} and {2, 3} <= values  # BraTS 2023 labels: ET written as 3
-    result = evaluate(tmp_path / "pred", tmp_path / "raw.json", tmp_path / "eval")
+    result = evaluate(tmp_path / "pred", tmp_path / "raw.json", tmp_path / "eval", data_roots=(CASE,))
     assert result["cases"] == [CASE.name]
     assert all(0.0 <= result["regions"][r]["dice"]["mean"] <= 1.0 for r in ("WT", "TC", "ET"))
 

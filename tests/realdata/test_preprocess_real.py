@@ -28,7 +28,8 @@ def real_run(tmp_path_factory) -> dict:
     # each case folder is its own ingest source (a dataset root), so only these two are read;
     # the raw manifest's roots point back into ../shared/datasets, nothing is copied or linked
     ingest_to([BRATS / c for c in CASES], root / "raw.json")
-    code, _, err = run_cli("preprocess", root / "raw.json", "--out", root / "out", "--workers", "2")
+    # the roots lie outside raw.json's folder: reading them needs --data-root
+    code, _, err = run_cli("preprocess", root / "raw.json", "--out", root / "out", "--workers", "2", "--data-root", BRATS)
     assert code == 0 and summary_counts(err) == (2, 0, 0), err
     entries = {e["id"]: e for e in load_json(root / "out" / "preprocessed.json")["cases"]}
     assert sorted(entries) == sorted(CASES)
@@ -38,7 +39,7 @@ def real_run(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("case_id", CASES)
 def test_real_brain_voxels_are_z_scored_per_channel(real_run, case_id):
     entry = real_run["entries"][case_id]
-    files = raw_case_files(real_run["raw"])[case_id]
+    files = raw_case_files(real_run["raw"], (BRATS,))[case_id]
     image = np.load(real_run["out"] / entry["image"], mmap_mode="r")
     q = None
     for c, name in enumerate(CHANNELS):
@@ -56,7 +57,7 @@ def test_real_brain_voxels_are_z_scored_per_channel(real_run, case_id):
 @pytest.mark.parametrize("case_id", CASES)
 def test_real_native_label_round_trip_is_exact(real_run, case_id):
     entry = real_run["entries"][case_id]
-    files = raw_case_files(real_run["raw"])[case_id]
+    files = raw_case_files(real_run["raw"], (BRATS,))[case_id]
     seg, affine = load_volume(files["seg"])
     assert files["convention"] == "brats2021"
     stored = np.load(real_run["out"] / entry["seg"])

@@ -17,7 +17,8 @@ is in the bad-input suite: tests/badinput/builders.py (raw_path_with_dotdot, raw
 raw_symlink_out_of_root, raw_case_id_with_path, pre_path_with_dotdot, pre_absolute_path,
 pre_symlink_out_of_root, and the per-case batch variants case_path_with_dotdot, case_absolute_path,
 case_symlink_out_of_root, each pointing at a valid file so that only containment refuses it) and
-tests/unit/test_ingest_errors.py::test_symlink_out_of_the_dataset_root_is_refused.
+tests/unit/test_ingest_errors.py::test_symlink_out_of_the_dataset_root_is_followed_recorded_and_held_to_its_target
+(a link in the source is followed at ingest and recorded; moved afterwards, it is refused).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Proof that the 2D trainer learns on real images: DeepLabV3+ (ResNet-18, from scratch) trained
-for a few CPU minutes on the six CamVid sample images (pipelines/camvid_deeplabv3plus.yaml)
+for a few CPU minutes on the six CamVid sample images (pipelines/train/camvid_deeplabv3plus.yaml)
 reaches a training mIoU >= 0.5, scored by `evaluate_2d` on the full-size label maps."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata,
 
 def test_deeplabv3plus_learns_camvid_samples(tmp_path):
     torch.set_num_threads(1)
-    cfg = load_config_2d(REPO / "pipelines" / "camvid_deeplabv3plus.yaml",
+    cfg = load_config_2d(REPO / "pipelines" / "train" / "camvid_deeplabv3plus.yaml",
                          ["train.device=cpu", "train.num_threads=1", "train.progress=false"])
     started = time.monotonic()
     assert train_2d(cfg, CAMVID, tmp_path / "run", resume=False) == 0

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.seg3d.config import OptimConfig, config_hash
-from brats_seg.seg2d.config import RUN_CONTROL_KEYS_2D, Config2D, load_config_2d, resolve_data_arg
+from brats_seg.engine.config import RUN_CONTROL_KEYS, OptimConfig, config_hash
+from brats_seg.seg2d.config import Config2D, load_config_2d, resolve_data_arg
 from brats_seg.seg2d.build import model_kwargs
 
 torch.set_num_threads(1)
-PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines" / "train"
 
 
 @pytest.mark.parametrize("name", ["voc_deeplabv3plus", "camvid_deeplabv3plus", "camvid_distill_mobilenet"])
@@ -93,10 +93,10 @@ def test_malformed_override():
 
 
 def test_config_hash_ignores_run_control_keys_only():
-    base = config_hash(load_config_2d(None), RUN_CONTROL_KEYS_2D)
+    base = config_hash(load_config_2d(None), RUN_CONTROL_KEYS)
     assert config_hash(load_config_2d(None, ["train.time_budget_s=60", "data.num_workers=0"]),
-                       RUN_CONTROL_KEYS_2D) == base
-    assert config_hash(load_config_2d(None, ["optim.lr=0.5"]), RUN_CONTROL_KEYS_2D) != base
+                       RUN_CONTROL_KEYS) == base
+    assert config_hash(load_config_2d(None, ["optim.lr=0.5"]), RUN_CONTROL_KEYS) != base
 
 
 def test_model_kwargs_per_family():

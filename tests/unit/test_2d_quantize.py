@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from brats_seg.bench.seg2d import benchmark_latency
 from brats_seg.models import create_model
-from brats_seg.seg2d.quantize import benchmark_latency, cat_common_scale, pixel_agreement, quantize_int8
+from brats_seg.seg2d.quantize import cat_common_scale, pixel_agreement, quantize_int8
 
 torch.set_num_threads(1)
 

@@ -305,7 +305,9 @@ def test_subtle_direction_mismatch_is_refused_with_an_informative_message(tmp_pa
     assert found != expected, f"the message does not say how the directions differ: {line!r}"
 
 
-def test_symlink_out_of_the_dataset_root_is_refused(tmp_path, run_cli):
+def test_symlink_out_of_the_dataset_root_is_followed_recorded_and_held_to_its_target(tmp_path, run_cli):
+    """A link the user placed in the source is followed at ingest and recorded (its own path in the
+    manifest, its target under the case's `links`); once it points elsewhere, later stages refuse it."""
     ds = tmp_path / "ds"
     c = make_case(ds, "c1")
     outside = tmp_path / "elsewhere" / "t2.nii.gz"
@@ -313,9 +315,18 @@ def test_symlink_out_of_the_dataset_root_is_refused(tmp_path, run_cli):
     (c / "c1_t2.nii.gz").rename(outside)
     (c / "c1_t2.nii.gz").symlink_to(outside)
     code, _, err = ingest(run_cli, ds, tmp_path / "raw.json")
-    line = one_error_line(code, err)
-    assert line.startswith("error: c1: ") and "outside the dataset root" in line
-    assert str(outside) in line
+    assert code == 0, err
+    case = json.loads((tmp_path / "raw.json").read_text())["cases"][0]
+    assert case["images"]["t2"]["path"] == "c1/c1_t2.nii.gz"
+    assert case["links"] == {"c1/c1_t2.nii.gz": "../elsewhere/t2.nii.gz"}
+    moved = tmp_path / "moved" / "t2.nii.gz"
+    moved.parent.mkdir()
+    shutil.copy2(outside, moved)  # same bytes: only where the link points differs from what ingest saw
+    (c / "c1_t2.nii.gz").unlink()
+    (c / "c1_t2.nii.gz").symlink_to(moved)
+    code, _, err = run_cli("preprocess", tmp_path / "raw.json", "--out", tmp_path / "pre", "--workers", "1")
+    assert "Traceback" not in err and code in (1, 2), err
+    assert "c1_t2.nii.gz" in err and str(moved) in err and "rerun ingest" in err, err
 
 
 def test_duplicate_case_ids_across_sources(tmp_path, run_cli):
@@ -426,3 +437,74 @@ def test_failed_ingestion_leaves_an_existing_manifest_untouched(tmp_path, run_cl
     one_error_line(code, err)
     assert out.read_bytes() == previous
     assert sorted(p.name for p in out_dir.iterdir()) == ["raw.json"]  # no temp file left behind
+
+
+# --- hostile sources (issue "hostile inputs") ---------------------------------------------------------
+
+def test_over_long_case_id_names_the_case_folder(tmp_path, run_cli):
+    folder = make_case(tmp_path / "ds", "c" * 129)
+    code, _, err = ingest(run_cli, tmp_path / "ds", tmp_path / "raw.json")
+    assert one_error_line(code, err) == (f"error: {folder}: case id is 129 characters long; expected at most 128: "
+                                         "rename the folder or files")
+    assert not (tmp_path / "raw.json").exists()
+
+
+def test_every_case_rejected_writes_nothing(tmp_path, run_cli):
+    ds = tmp_path / "ds"
+    make_case(ds, "c1")
+    (ds / "c1" / "c1_t2.nii.gz").unlink()
+    code, _, err = ingest(run_cli, ds, tmp_path / "raw.json", "--skip-invalid")
+    line = one_error_line(code, err)
+    assert line.startswith(f"error: {ds}: all 1 case(s) were rejected") and "missing modality files: t2" in line
+    assert not (tmp_path / "raw.json").exists()
+
+
+def test_spacing_range_widens_the_accepted_voxel_sizes(tmp_path, run_cli):
+    make_case(tmp_path / "ds", "c1", affine=np.diag([0.02, 0.02, 0.02, 1.0]))
+    code, _, err = ingest(run_cli, tmp_path / "ds", tmp_path / "raw.json")
+    assert "voxel size (0.02, 0.02, 0.02) mm is outside 0.05 to 20 mm" in one_error_line(code, err)
+    code, _, err = ingest(run_cli, tmp_path / "ds", tmp_path / "raw.json", "--spacing-range", "0.01,20")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("value", ["0,1", "2,1", "a,b", "1", "nan,2", "1,inf"])
+def test_bad_spacing_range_is_one_line(tmp_path, run_cli, value):
+    make_case(tmp_path / "ds", "c1")
+    code, _, err = ingest(run_cli, tmp_path / "ds", tmp_path / "raw.json", "--spacing-range", value)
+    assert one_error_line(code, err).startswith(f"error: --spacing-range: {value!r} is not a range of voxel sizes")
+
+
+def test_unknown_files_are_ignored_and_listed_in_the_warnings(tmp_path, run_cli):
+    case = make_case(tmp_path / "ds", "c1")
+    shutil.copy(case / "c1_t1.nii.gz", case / "c1_t1_brainmask.nii.gz")
+    shutil.copy(case / "c1_t1.nii.gz", case / "c1_atlas.nii.gz")
+    code, _, err = ingest(run_cli, tmp_path / "ds", tmp_path / "raw.json")
+    assert code == 0, err
+    entry = json.loads((tmp_path / "raw.json").read_text())["cases"][0]
+    assert entry["seg"]["path"] == "c1/c1_seg.nii.gz" and entry["images"]["t1"]["path"] == "c1/c1_t1.nii.gz"
+    assert [w.split(":")[0] for w in entry["warnings"]] == ["c1_atlas.nii.gz", "c1_t1_brainmask.nii.gz"]
+
+
+def test_broken_symlink_in_the_source_is_one_line(tmp_path, run_cli):
+    make_case(tmp_path / "ds", "c1")
+    (tmp_path / "ds" / "c2").symlink_to(tmp_path / "gone", target_is_directory=True)
+    code, _, err = ingest(run_cli, tmp_path / "ds", tmp_path / "raw.json")
+    assert one_error_line(code, err).startswith(f"error: {tmp_path / 'ds' / 'c2'}: is a broken or looping symlink")
+
+
+@pytest.mark.parametrize("image", ["../elsewhere/x.nii.gz", "/etc/passwd"])
+def test_msd_image_path_leaving_the_dataset_is_one_line(tmp_path, run_cli, image):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "dataset.json").write_text(json.dumps({"modality": {"0": "T1"}, "training": [{"image": image}]}))
+    code, _, err = ingest(run_cli, ds, tmp_path / "raw.json", "--layout", "msd")
+    line = one_error_line(code, err)
+    assert line.startswith(f"error: {ds / 'dataset.json'}: training/0/image: ") and image in line
+
+
+def test_nnunet_without_channel_names_is_one_line(tmp_path, run_cli):
+    ds = tmp_path / "ds"
+    (ds / "imagesTr").mkdir(parents=True)
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0}, "file_ending": ".nii.gz"}))
+    code, _, err = ingest(run_cli, ds, tmp_path / "raw.json", "--layout", "nnunet")
+    assert one_error_line(code, err).startswith(f"error: {ds / 'dataset.json'}: channel_names: missing")

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from brats_seg.errors import InputError
 from brats_seg.io.labels import CONVENTIONS, TO_CANONICAL, from_canonical, to_canonical
 from brats_seg.io.geometry import LPS_TO_RAS, Geometry, same_grid
-from brats_seg.io.volume import read_volume, write_nifti
+from brats_seg.io.nifti import write_nifti
+from brats_seg.io.volume import read_volume
 from tests.conftest import BRATS_AFFINE, SHAPE, label_map, phantom, save_nifti
 
 

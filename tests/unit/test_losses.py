@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brats_seg.seg3d.losses import DiceCELoss, build_loss, labels_to_regions, regions_to_labels
+from brats_seg.io.regions import labels_to_regions, regions_to_labels
+from brats_seg.seg3d.losses import DiceCELoss, build_loss
 
 torch.set_num_threads(1)
 S = 1e-5  # default smooth_nr = smooth_dr

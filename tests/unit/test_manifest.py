@@ -212,7 +212,7 @@ def test_save_manifest_failing_json_dump_keeps_the_old_file(raw_manifest, monkey
     def boom(*args, **kwargs):
         raise TypeError("not serialisable")
 
-    monkeypatch.setattr(mf.json, "dumps", boom)
+    monkeypatch.setattr(atomic.json, "dumps", boom)
     with pytest.raises(TypeError):
         atomic.atomic_write_json(path, m)
     monkeypatch.undo()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from brats_seg.seg3d.augment import augment_intensity, random_flip
-from brats_seg.seg3d.loader import PatchDataset, StreamSampler, make_loader
+from brats_seg.engine.loader import StreamSampler, make_loader
+from brats_seg.seg3d.loader import PatchDataset
 from brats_seg.seg3d.patches import CaseArrays, crop_patch, is_forced_foreground, open_case, read_region, warped_patch
 from brats_seg.seg3d.config import AugmentConfig
 from tests.train_fixtures import foreground_rows, make_case, make_dataset, write_case

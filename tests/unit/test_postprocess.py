@@ -7,7 +7,7 @@ import torch
 
 from brats_seg.infer.postprocess import (PostprocessConfig, postprocess, relabel_small_et,
                                          remove_small_components)
-from brats_seg.seg3d.losses import regions_to_labels
+from brats_seg.io.regions import regions_to_labels
 
 
 def tumour(shape=(32, 32, 32)) -> np.ndarray:

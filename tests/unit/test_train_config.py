@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from brats_seg.errors import InputError
-from brats_seg.evaluate.dice import dice_per_region, dice_per_region_torch, mean_dice
-from brats_seg.seg3d.config import Config3D, ScheduleConfig, config_hash, load_config
+from brats_seg.evaluate.dice import dice_per_region, mean_dice
+from brats_seg.io.regions import dice_per_region_torch
+from brats_seg.engine.config import ScheduleConfig, config_hash
+from brats_seg.seg3d.config import Config3D, load_config
 from brats_seg.engine.schedule import LRSchedule
 from brats_seg.seg3d.split import kfold_split
 
 torch.set_num_threads(1)
-PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines" / "train"
 
 
 @pytest.mark.parametrize("name", ["train_gpu_brats", "train_cpu", "train_demo"])

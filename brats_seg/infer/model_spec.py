@@ -1,0 +1,36 @@
+"""What inference needs to know about a trained 3D model besides its weights (a ModelSpec), built
+from the checkpoint's ModelMeta. Its own module so that infer.runs (which builds it) and
+infer.segmenter (which uses it) do not import each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from brats_seg.engine.model_meta import ModelMeta
+
+MODES = ("regions", "labels")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model's output mode, inputs, window and preprocessing spacing, and its identity."""
+
+    mode: str  # "regions": sigmoid WT, TC, ET; "labels": softmax over 0..3
+    channels: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    spacing: str | tuple[float, float, float] = "native"  # the run's preprocessing spacing
+    name: str = ""
+    kwargs: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)  # checkpoint path and sha256
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    @classmethod
+    def from_meta(cls, meta: ModelMeta, spacing: Any = "native", identity: dict | None = None) -> "ModelSpec":
+        """From a task-3d checkpoint's ModelMeta (see engine.checkpoint.load_model)."""
+        spacing = spacing if isinstance(spacing, str) else tuple(float(v) for v in spacing)
+        return cls(meta.loss_mode, tuple(meta.channels), tuple(int(v) for v in meta.patch_size),
+                   spacing, meta.model, dict(meta.model_kwargs), dict(identity or {}))
