@@ -21,7 +21,7 @@ import torch
 
 from brats_seg.errors import InputError
 from brats_seg.io.labels import TO_CANONICAL
-from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 from brats_seg.seg3d.config import Config3D
 from brats_seg.seg3d.data import Dataset3D
 
@@ -69,7 +69,7 @@ def _raw_items(data: Dataset3D) -> tuple[list[dict], str]:
     items, conventions = [], set()
     for entry in data.train:
         case = by_id[entry["id"]]
-        root = manifest_root(raw_path, raw, case["root"])
+        root = case_root(raw_path, raw, case)
         images = [str(resolve_inside(root, case["images"][ch]["path"], case["id"], case.get("links"))) for ch in data.channels]
         items.append({"image": images, "label": str(resolve_inside(root, case["seg"]["path"], case["id"], case.get("links")))})
         conventions.add(case["label_convention"])

@@ -24,14 +24,14 @@ from typing import Callable
 import numpy as np
 
 from brats_seg.bench.common import alternate, markdown_table, pool_map, save_report
-from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 
 
 def _case_files(raw_path: Path, data_roots: tuple[Path, ...] = ()) -> list[dict]:
     raw = load_manifest(raw_path, stage="raw")
     cases = []
     for case in raw["cases"]:
-        root = manifest_root(raw_path, raw, case["root"], data_roots)
+        root = case_root(raw_path, raw, case, data_roots)
         files = {c: str(resolve_inside(root, case["images"][c]["path"], case["id"], case.get("links"))) for c in case["channels"]}
         if case.get("seg"):
             files["seg"] = str(resolve_inside(root, case["seg"]["path"], case["id"], case.get("links")))

@@ -68,21 +68,25 @@ def _check_args(args: argparse.Namespace) -> str:
     for flag, value in (("--et-min-mm3", args.et_min_mm3), ("--min-component-mm3", args.min_component_mm3)):
         if not (math.isfinite(value) and value >= 0):
             raise InputError(flag, f"{value} is not valid; expected a finite volume in mm^3 >= 0 (0 turns the rule off)")
+    if args.shard != "0/1" and not args.manifest:
+        raise InputError("--shard", "applies to --manifest only; one case is never sharded")
     if args.data_root and not args.manifest:
         raise InputError("--data-root", "applies to --manifest only (a raw manifest's roots); --case and the "
                                         "--t1 .. --flair files are read where they are")
-    if (args.batch_size is not None and args.batch_size < 1) or (args.threads is not None and args.threads < 1):
-        raise InputError("predict", "--batch-size and --threads must be at least 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and not 1 <= value <= 1024:
+            raise InputError(flag, f"got {value}; expected an integer from 1 to 1024")
     return "manifest" if args.manifest else "case"
 
 
 def _axes(text: str) -> tuple[int, ...]:
     try:
-        axes = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+        given = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        axes = (9,)
-    if not axes or any(a not in (0, 1, 2) for a in axes):
-        raise InputError("--tta-axes", f"{text!r} is not valid; expected spatial axes among 0,1,2 (e.g. 0,1,2)")
+        given = [9]
+    axes = tuple(sorted(set(given)))
+    if not axes or len(axes) != len(given) or any(a not in (0, 1, 2) for a in axes):
+        raise InputError("--tta-axes", f"{text!r} is not valid; expected distinct spatial axes among 0,1,2 (e.g. 0,1,2)")
     return axes
 
 
@@ -139,7 +143,9 @@ def _refuse_overwrite(args: argparse.Namespace, images: list[Path], outputs: lis
     """No output replaces an image or the model, and a --out folder may not be the one holding the images."""
     from brats_seg.core.paths import refuse_overwrite
 
-    inputs = [*images, args.model]
+    model = Path(args.model)
+    run_files = [f for d in (model, model / "checkpoints") if d.is_dir() for f in d.iterdir()]
+    inputs = [*images, model, *run_files]  # a run folder: its checkpoints and run files are inputs too
     for path in outputs:
         refuse_overwrite(path, inputs, "--out", out_is_folder=False)
     if not _is_nifti_name(args.out):

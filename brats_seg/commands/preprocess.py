@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import default_workers, run_preprocess
 
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise InputError("--workers", f"got {args.workers}; expected an integer from 1 to 256")
     cfg = PreprocessConfig(spacing=parse_spacing(args.spacing), dtype=args.dtype,
                            max_voxels=parse_max_voxels(args.max_voxels),
                            spacing_range=parse_spacing_range(args.spacing_range))

@@ -7,6 +7,7 @@ from pathlib import Path
 from brats_seg.errors import InputError
 
 MIN_SIDE = 16  # below this the brain is too small to hold a tumour with three sub-regions
+MAX_SIDE = 512  # a phantom larger than this per axis needs GBs of memory and teaches nothing more
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,8 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if min(shape) < MIN_SIDE:
         raise InputError("--shape", f"got {text!r}; expected three positive integers like 96,96,64, "
                                     f"each at least {MIN_SIDE}")
+    if max(shape) > MAX_SIDE:
+        raise InputError("--shape", f"got {text!r}; expected each side at most {MAX_SIDE}")
     return shape  # type: ignore[return-value]
 
 
@@ -41,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--cases", f"got {args.cases}; expected a positive number of cases")
     if args.seed < 0:
         raise InputError("--seed", f"got {args.seed}; expected a non-negative integer")
+    existing = [f"Synth_{i:04d}" for i in range(args.cases) if (Path(args.out) / f"Synth_{i:04d}").exists()]
+    if existing:  # phantoms of another seed or shape would replace a dataset something else may use
+        raise InputError(args.out, f"already holds {existing[0]}" + (f" and {len(existing) - 1} more" if len(existing) > 1
+                         else "") + "; synth writes only new case folders: choose a new --out or remove them")
     start = time.perf_counter()
     folders = synthesize_dataset(args.out, args.cases, args.seed, shape)
     elapsed = time.perf_counter() - start

@@ -22,7 +22,7 @@ from brats_seg.io.labels import CONVENTIONS
 
 Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
 CaseId = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
-RelPath = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+RelPath = Annotated[StrictStr, Field(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f]+$")]  # no NUL/control chars
 Number = Union[StrictInt, StrictFloat]
 Size = Annotated[StrictInt, Field(ge=1, le=100_000)]
 Spacing = Annotated[Number, Field(gt=0, le=1000)]

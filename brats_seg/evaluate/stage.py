@@ -28,7 +28,7 @@ from brats_seg.io.geometry import same_grid
 from brats_seg.io.volume import read_volume, read_volume_verified
 from brats_seg.core.atomic import atomic_path, atomic_write_json
 from brats_seg.core.paths import refuse_overwrite
-from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 from brats_seg.io.labels import REGION_NAMES
 
 CSV_FIELDS = ("case", "region", *METRICS)
@@ -71,7 +71,7 @@ def evaluate(pred: Path, truth: Path, out_dir: Path, pred_convention: str | None
     Refused before anything is read or written: an `out_dir` that is, or directly holds, an input."""
     preds = find_predictions(pred)
     raw = load_manifest(truth, stage="raw")
-    roots = {c["id"]: manifest_root(truth, raw, c["root"], data_roots) for c in raw["cases"]}
+    roots = {c["id"]: case_root(truth, raw, c, data_roots) for c in raw["cases"]}
     inputs = [pred, truth, *set(roots.values()), *(m.path for m in preds.values()),
               *(p for c in raw["cases"] for p in record_paths(c, roots[c["id"]]))]
     refuse_overwrite(out_dir, inputs, "--out", out_is_folder=True)

@@ -28,7 +28,7 @@ from brats_seg.infer import export
 from brats_seg.infer.manifests import PREDICTIONS, manifest_config, write_predictions_manifest
 from brats_seg.infer.prepare import entry_convention
 from brats_seg.io.content import record_paths
-from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 
 SIDECARS, MASKS, PROBS, QA = "cases", "masks", "probabilities", "qa"
 
@@ -52,8 +52,10 @@ def predict_manifest(segmenter, raw_path: Path, out_dir: Path, shard: tuple[int,
     raw = load_manifest(raw_path, stage="raw")
     if opts.label_convention:
         export.check_convention(opts.label_convention)
+    if not raw["cases"]:
+        raise InputError(raw_path, "lists no case; expected a raw manifest written by `brats-seg ingest`")
     cases = select_shard(raw["cases"], shard)
-    roots = {c["id"]: manifest_root(raw_path, raw, c["root"], opts.data_roots) for c in cases}
+    roots = {c["id"]: case_root(raw_path, raw, c, opts.data_roots) for c in cases}
     inputs = [raw_path, *set(roots.values()), *(p for c in cases for p in record_paths(c, roots[c["id"]]))]
     refuse_overwrite(out_dir, inputs + ([model_path] if model_path else []), "--out", out_is_folder=True)
     config = manifest_config(segmenter, raw_path, opts)

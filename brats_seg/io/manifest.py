@@ -54,7 +54,7 @@ def load_manifest(path: Path, stage: str | None = None) -> dict:
     if not isinstance(manifest, dict):
         raise InputError(path, "not a JSON object; expected a brats-seg manifest")
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 in Python; not in a manifest
         raise InputError(path, f"schema_version {version!r} is not supported; expected {SCHEMA_VERSION}")
     _check_unique_ids(path, manifest)
     errors = _schema_errors(manifest)
@@ -175,4 +175,20 @@ def manifest_root(manifest_path: Path, manifest: dict, index: int = 0, data_root
                                         f"{folder}; expected a root inside it, or pass --data-root {root} (or a folder "
                                         "above it) to allow it (ingest writes such a root when DATA lies outside the "
                                         "folder of --out)")
+    return root
+
+
+def case_root(manifest_path: Path, manifest: dict, case: dict, data_roots: Sequence[Path] = ()) -> Path:
+    """The dataset root of one raw-manifest case, with its recorded symlinks held to the same rule
+    as roots: `links` come from the manifest, so each target must also lie inside the manifest's
+    folder or a --data-root (an edited `links` entry cannot open a file elsewhere)."""
+    root = manifest_root(manifest_path, manifest, case["root"], data_roots)
+    folder = Path(manifest_path).resolve().parent
+    allowed = [folder, root, *(Path(d).resolve() for d in data_roots)]
+    for link, target in _checked_links(case.get("links"), case["id"]).items():
+        real = Path(os.path.normpath(root / target))
+        if not any(real.is_relative_to(a) for a in allowed):
+            raise InputError(manifest_path, f"case {case['id']!r}: link {link!r} records target {real}, outside the "
+                                            f"manifest's folder and every --data-root; pass --data-root {real.parent} "
+                                            "(or a folder above it) to allow it")
     return root

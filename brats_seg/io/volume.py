@@ -89,12 +89,15 @@ def _voxels(img, raw: bytes) -> np.ndarray:
     reads a file (the header then reports none), so the proxy is what says whether to scale."""
     hdr = img.header
     dtype, shape = hdr.get_data_dtype(), hdr.get_data_shape()
+    # the offset nibabel reads from (the stored vox_offset; in memory nibabel's header then says 0)
+    count, offset = int(np.prod(shape)), int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
+    header_end = 544 if isinstance(img, nib.Nifti2Image) else 352  # fixed header + 4 extension bytes
+    if offset < header_end:  # nibabel would read the header's own bytes as voxels
+        raise ValueError(f"vox_offset {offset} lies inside the {header_end}-byte header; expected >= {header_end}")
     slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
     if slope != 1.0 or inter != 0.0:
         return np.asanyarray(img.dataobj)  # nibabel applies slope/intercept (NIfTI's rules) and the dtype
-    # nibabel's own offset: a vox_offset of 0 (common in BraTS files) means "right after the header"
-    count, offset = int(np.prod(shape)), int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
-    if offset < 352 or offset + count * dtype.itemsize > len(raw) or dtype.hasobject:  # 352: header + magic
+    if offset + count * dtype.itemsize > len(raw) or dtype.hasobject:
         return np.asanyarray(img.dataobj)  # let nibabel raise (or cope) for odd files
     return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
 

@@ -20,7 +20,7 @@ from brats_seg.core.paths import refuse_overwrite
 from brats_seg.core.shards import select_shard
 from brats_seg.errors import InputError, with_location
 from brats_seg.io.content import record_paths
-from brats_seg.io.manifest import load_manifest, manifest_root, resolve_inside
+from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 from brats_seg.preprocess.case import PreprocessConfig, preprocess_case
 from brats_seg.preprocess.manifests import PREPROCESSED, write_stage_manifest
 from brats_seg.preprocess.store import case_dir
@@ -86,8 +86,10 @@ def run_preprocess(raw_path: Path, out_dir: Path, cfg: PreprocessConfig, workers
     raw_path, out_dir = Path(raw_path), Path(out_dir)
     keep_freed_memory()  # before the workers fork: a case's big buffers are reused, not page-faulted anew
     raw = load_manifest(raw_path, stage="raw")
+    if not raw["cases"]:
+        raise InputError(raw_path, "lists no case; expected a raw manifest written by `brats-seg ingest`")
     cases = select_shard(raw["cases"], shard)
-    roots = {id(c): manifest_root(raw_path, raw, c["root"], data_roots) for c in cases}
+    roots = {id(c): case_root(raw_path, raw, c, data_roots) for c in cases}
     inputs = [raw_path, *set(roots.values()), *(p for c in cases for p in record_paths(c, roots[id(c)]))]
     refuse_overwrite(out_dir, inputs, "--out", out_is_folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)
