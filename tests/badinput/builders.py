@@ -59,20 +59,20 @@ def build_workspace(root: Path) -> Path:
     run_preprocess(root / "raw.json", root / "pre", PreprocessConfig(), workers=1)
     make_model_run(root / "run")
     predict_manifest(Segmenter.from_run(root / "run", threads=1), root / "raw.json", root / "pred")
-    (root / "train.yaml").write_text("task: 3d\nseed: 0\n" + _train_yaml())
+    (root / "train.yaml").write_text(train_yaml())
     assert train_3d(load_config(root / "train.yaml"), root / "pre" / "preprocessed.json", root / "train", False) == 0
     (root / "outside").mkdir()
     return root
 
 
-def _train_yaml() -> str:
-    """TRAIN_KEYS as a YAML file (one section per dotted prefix)."""
+def train_yaml() -> str:
+    """TRAIN_KEYS as a 3D config file (one section per dotted prefix)."""
     sections: dict[str, list[str]] = {}
     for item in TRAIN_KEYS:
         key, value = item.split("=", 1)
         section, name = key.split(".")
         sections.setdefault(section, []).append(f"  {name}: {value}")
-    return "".join(f"{s}:\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
+    return "task: 3d\nseed: 0\n" + "".join(f"{s}:\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
 
 
 def make_model_run(run_dir: Path, seed: int = 0) -> Path:

@@ -33,7 +33,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tests.badinput.builders import TRAIN_KEYS, changes, snapshot  # plain helpers, no package imports
+from tests.badinput.builders import changes, snapshot, train_yaml  # plain helpers, no package imports
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = ("Synth_0000", "Synth_0001", "Synth_0002")
@@ -174,15 +174,6 @@ def hashes(*paths: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------- workspace
-
-def train_yaml() -> str:
-    sections: dict[str, list[str]] = {}
-    for item in TRAIN_KEYS:
-        key, value = item.split("=", 1)
-        section, name = key.split(".")
-        sections.setdefault(section, []).append(f"  {name}: {value}")
-    return "task: 3d\nseed: 0\n" + "".join(f"{s}:\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
-
 
 def build_workspace(root: Path, train: bool = False) -> Path:
     """The workspace of the module docstring (and train/, a one-step run on pre/, when `train`)."""

@@ -152,12 +152,17 @@ def _voxels(kind: str) -> np.ndarray:
 VOXEL_KINDS = ["float64_beyond_float32", "complex", "rgb24"]
 
 
-@pytest.mark.parametrize("kind", VOXEL_KINDS)
-def test_unusable_voxel_type_is_refused_at_ingest(tmp_path, run_cli, kind):
+def _source_with_bad_voxels(tmp_path, kind):
+    """A source of one good case and one whose T1 has unusable voxels; (source, the bad file)."""
     src = tmp_path / "src"
     write_case(src, "Good_0000")
     case = write_case(src, "Bad_0000")
-    bad = save_nifti(case / "Bad_0000_t1.nii.gz", _voxels(kind))
+    return src, save_nifti(case / "Bad_0000_t1.nii.gz", _voxels(kind))
+
+
+@pytest.mark.parametrize("kind", VOXEL_KINDS)
+def test_unusable_voxel_type_is_refused_at_ingest(tmp_path, run_cli, kind):
+    src, bad = _source_with_bad_voxels(tmp_path, kind)
     before = snapshot(src)
     code, _, err = call(run_cli, "ingest", src, "--out", tmp_path / "raw.json", "--workers", 1)
     one_error_line(code, err, bad)
@@ -167,10 +172,7 @@ def test_unusable_voxel_type_is_refused_at_ingest(tmp_path, run_cli, kind):
 
 @pytest.mark.parametrize("kind", VOXEL_KINDS)
 def test_unusable_voxel_type_is_rejected_with_skip_invalid(tmp_path, run_cli, kind):
-    src = tmp_path / "src"
-    write_case(src, "Good_0000")
-    case = write_case(src, "Bad_0000")
-    bad = save_nifti(case / "Bad_0000_t1.nii.gz", _voxels(kind))
+    src, bad = _source_with_bad_voxels(tmp_path, kind)
     before = snapshot(src)
     code, _, err = call(run_cli, "ingest", src, "--out", tmp_path / "raw.json", "--workers", 1, "--skip-invalid")
     assert "Traceback" not in err, err[-3000:]
