@@ -3,6 +3,12 @@
 #   docker build --build-arg TORCH_VARIANT=cu128 -t brats-seg:cuda .   # CUDA 12.8 PyTorch wheel
 #   docker run --rm -v $PWD/data:/data brats-seg ingest /data/cases --out /data/raw.json
 # (GPU: docker run --gpus all ...; the CUDA runtime comes with the PyTorch wheel, the driver from the host.)
+# Training with loader workers needs shared memory: Docker's default /dev/shm is 64 MB, less than one
+# batch of the GPU recipe (2 x 4 x 128^3 float32 = 67 MB); with 8 workers x prefetch 2 it needs ~1.2 GB per GPU.
+#   docker run --rm --gpus all --shm-size=2g -v $PWD/data:/data brats-seg:cuda train \
+#       --config /opt/brats-seg/pipelines/train/train_gpu_brats.yaml --data /data/pp/preprocessed.json --out /data/runs/gpu
+# (--ipc=host shares the host's /dev/shm instead; too little stops training at start with an error naming
+#  /dev/shm and the size it needs, or set data.num_workers=0.)
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build

@@ -119,3 +119,17 @@ def run_cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _locale_unchanged():
+    """No code path may leave the process locale changed (GDCM sets LC_ALL to "C", after which
+    Python reads and writes every text file as ASCII): a test that does so fails here."""
+    import locale
+
+    before = locale.getpreferredencoding(False)
+    yield
+    after = locale.getpreferredencoding(False)
+    if after != before:
+        locale.setlocale(locale.LC_ALL, "")
+        pytest.fail(f"the process text encoding changed from {before} to {after} during this test")

@@ -81,5 +81,5 @@ def save_report(out: Path | None, report: dict, table: str) -> None:
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table + "\n")
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")

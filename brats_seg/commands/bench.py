@@ -1,4 +1,5 @@
-"""`brats-seg bench {preprocess,train,infer,2d,contracts}`: speed measured side by side against a reference.
+"""`brats-seg bench {preprocess,train,infer,2d,contracts}`: speed measured side by side against a reference;
+`brats-seg bench learn`: a training recipe judged by K-fold cross-validation (bench/learn.py).
 
 Each prints a Markdown table and writes JSON + Markdown under --out (default runs/bench/).
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 SHARED_BRATS = SHARED / "brats2018_deepbrainseg"
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+GPU_CASE = "Brats18_CBICA_AQN_1"  # `bench gpu`'s predict case when the shared data are there
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -26,6 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--steps", type=int, default=10)
     tr.add_argument("--out", type=Path, default=Path("runs/bench/train.json"))
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    from brats_seg.bench.train import add_loader_options  # light: argparse only
+
+    add_loader_options(tr, SHARED_BRATS / "Brats18_CBICA_AQN_1", PIPELINES / "train" / "train_gpu_brats.yaml")
     inf = sub.add_parser("infer", help="predict vs MONAI sliding_window_inference, same model")
     inf.add_argument("--model", type=Path, required=True, help="training run folder or checkpoint")
     inf.add_argument("--case", type=Path, default=SHARED_BRATS / "Brats18_CBICA_AQN_1", help="a BraTS case folder")
@@ -41,12 +46,31 @@ def configure(p: argparse.ArgumentParser) -> None:
     con.add_argument("--cases", type=int, default=1000, help="cases in the generated raw manifest")
     con.add_argument("--rounds", type=int, default=5, help="alternating rounds; best-round medians are reported")
     con.add_argument("--out", type=Path, default=Path("runs/bench/contracts.json"))
+    from brats_seg.bench.learn_options import add_parser as add_learn  # light: argparse and errors only
+
+    add_learn(sub, PIPELINES / "train" / "train_cpu.yaml")
+    _add_gpu(sub)
+
+
+def _add_gpu(sub) -> None:
+    gpu = sub.add_parser("gpu", help="the GPU check: AMP train steps/s, 2-GPU NCCL run, predict on CUDA vs CPU")
+    gpu.add_argument("--config", type=Path, default=PIPELINES / "train" / "train_gpu_brats.yaml")
+    gpu.add_argument("--steps", type=int, default=20, help="timed training steps per precision")
+    gpu.add_argument("--case", type=Path, default=None,
+                     help=f"a BraTS case folder for predict (default: {SHARED_BRATS.name}/{GPU_CASE}, else a phantom)")
+    gpu.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                     help="cpu: a smoke test of the same code on the CPU (give tiny sizes as overrides)")
+    gpu.add_argument("--ddp", choices=("auto", "always", "never"), default="auto",
+                     help="the 2-rank torchrun run: auto = when two GPUs are present")
+    gpu.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    gpu.add_argument("--out", type=Path, default=Path("runs/bench/gpu.json"))
+    gpu.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     return {"preprocess": _preprocess, "train": _train, "infer": _infer, "2d": _two_d,
-            "contracts": _contracts}[args.bench](args)
+            "contracts": _contracts, "learn": _learn, "gpu": _gpu}[args.bench](args)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -64,7 +88,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise InputError("--train-seconds", f"got {seconds}; expected a positive number of seconds")
     inputs = [getattr(args, k) for k in ("data", "config", "model", "case") if getattr(args, k, None) is not None]
-    folder = args.bench == "2d"
+    folder = args.bench in ("2d", "learn")
     for out in [args.out] if folder else [args.out, args.out.with_suffix(".md")]:
         refuse_overwrite(out, inputs, "--out", out_is_folder=folder)
 
@@ -98,15 +122,22 @@ def _train(args) -> int:
     from brats_seg.commands.preprocess import parse_spacing
     from brats_seg.preprocess.case import PreprocessConfig
     from brats_seg.preprocess.stage import run_preprocess
-    from brats_seg.bench.train import format_table
+    from brats_seg.bench.train import format_table, loader_report
     from brats_seg.bench.train_step import bench_train
 
+    loader, loader_table = loader_report(args)  # --loader: one core's samples/s for the GPU recipe
+    if args.loader == "only":
+        save_report(args.out, {"loader": loader}, loader_table)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         raw = _raw_manifest(args.data, Path(tmp))
         run_preprocess(raw, Path(tmp) / "pp", PreprocessConfig(spacing=parse_spacing(args.spacing)), workers=2,
                        data_roots=(args.data,))
         result = bench_train(Path(tmp) / "pp" / "preprocessed.json", args.config, args.overrides, steps=args.steps)
-    save_report(args.out, result, format_table(result))
+    table = format_table(result)
+    if loader is not None:
+        result["loader"], table = loader, f"{table}\n\n{loader_table}"
+    save_report(args.out, result, table)
     return 0
 
 
@@ -132,4 +163,19 @@ def _contracts(args) -> int:
 
     report = run_contracts_bench(args.cases, args.rounds)
     save_report(args.out, report, format_contracts_table(report))
+    return 0
+
+
+def _learn(args) -> int:
+    from brats_seg.bench.learn import run_learn
+
+    return run_learn(args)
+
+
+def _gpu(args) -> int:
+    from brats_seg.bench.gpu import bench_gpu
+
+    shared = SHARED_BRATS / GPU_CASE
+    case = args.case if args.case is not None else (shared if shared.is_dir() else None)  # None: a phantom
+    bench_gpu(args.config, args.overrides, args.out, args.device, args.steps, case, args.ddp, args.threads)
     return 0

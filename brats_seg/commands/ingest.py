@@ -20,7 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="dataset or case folders")
     p.add_argument("--out", required=True, type=Path, help="raw manifest to write (JSON; never one of the inputs)")
     p.add_argument("--layout", default="auto", choices=["auto", "brats2021", "brats2023", "msd", "nnunet"])
-    p.add_argument("--labels", default="auto", choices=["auto", "brats2021", "brats2023", "msd"],
+    p.add_argument("--labels", default="auto", choices=["auto", "brats2021", "brats2023", "brats2024", "msd"],
                    help="label convention on disk (auto: from the layout and the values found)")
     p.add_argument("--channels", default="t1,t1ce,t2,flair", help="comma-separated channel list, in pipeline order")
     p.add_argument("--skip-invalid", action="store_true", help="list bad cases under 'rejected' and go on")
@@ -28,6 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     lo, hi = VOXEL_SIZE_RANGE_MM
     p.add_argument("--spacing-range", default=f"{lo:g},{hi:g}", metavar="LO,HI",
                    help=f"accepted voxel sizes in mm per axis (default {lo:g},{hi:g}); files outside are refused")
+    from brats_seg.commands.preprocess import add_register_options
+
+    add_register_options(p)  # registered cases are written to <out stem>_registered/ (ingest.register_cases)
 
 
 def parse_channels(text: str) -> tuple[str, ...]:
@@ -62,10 +65,15 @@ def parse_workers(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from brats_seg.commands.preprocess import register_config
     from brats_seg.ingest.stage import ingest
 
     channels, spacing = parse_channels(args.channels), parse_spacing_range(args.spacing_range)
     workers = parse_workers(args.workers)
-    manifest = ingest(args.sources, args.out, args.layout, args.labels, channels, args.skip_invalid, workers, spacing)
+    register = register_config(args, threads=max(1, (os.cpu_count() or 1) // workers))
+    manifest = ingest(args.sources, args.out, args.layout, args.labels, channels, args.skip_invalid, workers, spacing,
+                      register)
     print(f"ingested {len(manifest['cases'])} case(s), rejected {len(manifest['rejected'])} -> {args.out}")
     return 0

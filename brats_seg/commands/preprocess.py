@@ -57,6 +57,44 @@ def add_input_bounds(p: argparse.ArgumentParser) -> None:
                    help="input voxel sizes accepted, LO,HI mm per axis (default %(default)s)")
 
 
+def add_register_options(p: argparse.ArgumentParser) -> None:
+    """`--register` and its bounds (predict and ingest: the two places series become one case)."""
+    g = p.add_argument_group("co-registration (preprocess.register)")
+    g.add_argument("--register", action="store_true",
+                   help="rigidly register t1, t2 and flair onto the t1ce (Mattes MI, multi-resolution) and use the "
+                        "t1ce's grid; needed when the series lie on different grids")
+    g.add_argument("--register-max-rotation", type=float, default=20.0, metavar="DEG",
+                   help="refuse a registration that rotates more than this (default %(default)s degrees)")
+    g.add_argument("--register-max-shift", type=float, default=30.0, metavar="MM",
+                   help="refuse a registration that moves the t1ce's brain centre more than this (default %(default)s mm)")
+    g.add_argument("--register-init", default="auto", choices=("auto", "moments", "geometry", "identity"),
+                   help="start: trust the scanner's coordinates (identity), align intensity centres (moments) or "
+                        "image centres (geometry); auto: the better of identity and moments (default)")
+    g.add_argument("--register-interpolation", default="bspline", choices=("bspline", "linear"),
+                   help="resampling onto the t1ce grid: cubic B-spline keeps intensity contrast (default), linear "
+                        "blurs it")
+    g.add_argument("--register-sampling", type=float, default=0.1, metavar="FRACTION",
+                   help="fraction of the voxels the metric samples at full resolution (default %(default)s)")
+
+
+def register_config(args: argparse.Namespace, threads: int | None = None):
+    """The checked RegisterConfig of the flags, or None without --register."""
+    if not args.register:
+        for flag in REGISTER_DEFAULTS:
+            if getattr(args, flag) != REGISTER_DEFAULTS[flag]:
+                raise InputError("--" + flag.replace("_", "-"), "applies only with --register")
+        return None
+    from brats_seg.preprocess.register import RegisterConfig
+
+    return RegisterConfig(max_rotation_deg=args.register_max_rotation, max_shift_mm=args.register_max_shift,
+                          init=args.register_init, sampling=args.register_sampling, threads=threads,
+                          interpolation=args.register_interpolation)
+
+
+REGISTER_DEFAULTS = {"register_max_rotation": 20.0, "register_max_shift": 30.0, "register_init": "auto",
+                     "register_sampling": 0.1, "register_interpolation": "bspline"}
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("raw", type=Path, help="raw manifest written by `brats-seg ingest`")
     p.add_argument("--out", required=True, type=Path, help="output folder (preprocessed.json and cases/)")

@@ -1,11 +1,13 @@
 """`brats-seg train`: train a model from a YAML config (task 3d by default) on a preprocessed dataset.
 
     brats-seg train --config pipelines/train/train_cpu.yaml --data DIR/preprocessed.json --out RUN_DIR
-                    [--fold K] [--resume] [section.key=value ...]
+                    [--fold K] [--resume | --auto-resume] [section.key=value ...]
 
 Works the same under `torchrun --nproc_per_node=N -m brats_seg train ...` (rank 0 writes).
 Exit codes: 0 finished (epochs, steps or time budget reached); 2 bad input; 75 stopped by SIGTERM
 after writing a checkpoint (pre-emption): rerun the same command with --resume to continue.
+--auto-resume (what the launch scripts use): continue when RUN_DIR holds a checkpoint (latest.pt or
+previous.pt), else start a new run, so one command line is both the first start and every restart.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                     data_help="preprocessed.json of the dataset", out_help="run directory (checkpoints, metrics, run.json)",
                     overrides_help="config overrides after the options, e.g. optim.lr=0.001 data.patch_size=[64,64,64]")
     p.add_argument("--fold", type=int, default=None, help="validation fold (sets data.fold; -1: no validation)")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="--resume when --out holds a checkpoint (latest.pt or previous.pt), else start a new run")
 
 
 def add_run_options(p: argparse.ArgumentParser, config_help: str, data_help: str, out_help: str,
@@ -50,6 +54,18 @@ def refuse_run_dir_among_inputs(args: argparse.Namespace, *others: Path | None) 
 def run(args: argparse.Namespace) -> int:
     from brats_seg.engine.tasks import resolve_task, task_of
 
+    if args.auto_resume:
+        args.resume = args.resume or has_checkpoint(args.out)
     refuse_run_dir_among_inputs(args)
     task = resolve_task(task_of(args.config, args.out, args.overrides))
     return int(task(args.config, args.data, args.out, args.fold, args.resume, args.overrides))
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run folder holds a checkpoint to resume from (latest.pt or previous.pt). Every
+    rank decides before its process group starts, and no rank writes a checkpoint before all ranks
+    have met in DDP's first broadcast, so the ranks cannot decide differently."""
+    from brats_seg.engine.checkpoint import LATEST, PREVIOUS, checkpoint_dir
+
+    folder = checkpoint_dir(Path(run_dir))
+    return (folder / LATEST).is_file() or (folder / PREVIOUS).is_file()

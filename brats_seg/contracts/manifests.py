@@ -110,11 +110,28 @@ class PreprocessedCase(_Model):
         return self
 
 
+VolumeMl = Annotated[Number, Field(ge=0, le=1e7)]
+RegionName = Literal["WT", "TC", "ET"]
+
+
 class PredictionCase(_Model):
     id: CaseId
     mask: RelPath
     sha256: Sha256
     label_convention: Optional[Literal[CONVENTIONS]] = None  # type: ignore[valid-type]
+    # the case report beside the mask (infer.case_report) and what the entry repeats of it
+    report: Optional[RelPath] = None
+    volumes_ml: Optional[dict[RegionName, VolumeMl]] = None
+    label_volumes_ml: Optional[dict[Literal["NCR", "ED", "ET"], VolumeMl]] = None
+    uncertainty: Optional[RelPath] = None  # --uncertainty: TTA std map of WT, TC, ET
+    uncertainty_sha256: Optional[Sha256] = None
+    uncertainty_mean: Optional[dict[RegionName, Optional[Annotated[Number, Field(ge=0, le=1)]]]] = None
+
+    @model_validator(mode="after")
+    def _uncertainty_hashed(self) -> "PredictionCase":
+        if self.uncertainty is not None and self.uncertainty_sha256 is None:
+            raise ValueError("uncertainty has no uncertainty_sha256 recorded")
+        return self
 
 
 class _Envelope(_Model):

@@ -1,17 +1,19 @@
 """Checkpoints: atomic, exact (every RNG state), loadable with weights_only=True, two deep.
 
-RUN_DIR/checkpoints/latest.pt is written to a temp file, fsynced, and os.replace'd into place after
-the old latest became previous.pt, so a crash at any moment leaves at least one complete
-checkpoint. Loading tries latest, then previous (warning that names the unreadable file). RNG
+RUN_DIR/checkpoints/latest.pt is written to a temp file and fsynced before any rename; then the old
+latest becomes previous.pt and the temp file latest.pt, so a crash at any moment leaves at least
+one complete checkpoint. Loading tries latest, then previous (warning that names the unreadable file). RNG
 states are stored as tensors, lists and numbers only, so torch.load(weights_only=True) reads them
 and no unsafe unpickling fallback exists. best.pt holds the best weights plus the metadata that
 inference needs to rebuild the model.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +22,7 @@ import torch
 
 from brats_seg.core.atomic import atomic_path
 from brats_seg.engine.model_meta import ModelMeta
+from brats_seg.engine.runtime import pause_point
 from brats_seg.errors import InputError
 
 FORMAT = "brats-seg-checkpoint"
@@ -65,16 +68,40 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CKPT_DIR
 
 
-def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
-    """Write latest.pt atomically, keeping the former latest as previous.pt."""
+def save_checkpoint(run_dir: Path, payload: dict[str, Any], step: int = -1, rank: int = 0) -> Path:
+    """Write latest.pt, keeping the former latest as previous.pt; a kill at any moment leaves at
+    least one complete checkpoint under a final name. Order: the new file is written to a hidden
+    temp file and fsynced (and the folder) before anything is renamed; then latest -> previous,
+    temp -> latest, folder fsynced. A kill between the two renames leaves previous.pt (load_latest
+    falls back to it). `step` / `rank` only locate the test-only pause (runtime.pause_point)."""
     folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     latest, previous = folder / LATEST, folder / PREVIOUS
-    payload = {"format": FORMAT, "version": VERSION, **payload}
-    with atomic_path(latest) as tmp:
-        torch.save(payload, tmp)
+    for stale in folder.glob(f".{LATEST}.*.tmp*"):  # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
+    tmp = folder / f".{LATEST}.{uuid.uuid4().hex[:8]}.tmp.pt"
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        _fsync(tmp)
+        _fsync(folder)
+        pause_point("checkpoint", step, rank)
         if latest.exists():
             os.replace(latest, previous)
+        os.replace(tmp, latest)
+        _fsync(folder)
+    finally:
+        tmp.unlink(missing_ok=True)
     return latest
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes its renames durable; some filesystems refuse it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError) if path.is_dir() else contextlib.nullcontext():
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> dict[str, Any]:

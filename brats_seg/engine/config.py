@@ -4,9 +4,17 @@ their range checks, the run-control keys a resume may change, and the config has
 A task's root dataclass (seg3d.config.Config3D, seg2d.config.Config2D) holds these sections under
 the same keys, so the engine reads cfg.optim / cfg.schedule / cfg.train / cfg.distributed without
 knowing the task; a task may subclass a section to change its defaults.
+
+With N processes (torchrun), `distributed.scaling` says what train.epochs / steps_per_epoch /
+max_steps count: "samples" (default) keeps one process's samples, so each rank takes
+ceil(steps / N) of them and the schedule ends when the samples do; "steps" keeps one process's
+steps on every rank (N x the samples). `optim.lr_scaling` multiplies the base LR by N (linear) or
+sqrt(N). The plan (epoch_steps, total_steps, lr_scale) is a pure function of config + world size,
+so a resume recomputes it, and the schedule refuses a checkpoint planned for another one.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -24,6 +32,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 12.0  # max global grad norm; 0 disables
     grad_accum: int = 1
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # base lr x N or x sqrt(N) with N processes
 
 
 @dataclass
@@ -34,6 +43,7 @@ class ScheduleConfig:
     min_lr: float = 0.0
     plateau_factor: float = 0.5
     plateau_patience: int = 5  # validations without improvement before the LR drops
+    follow_budget: bool = True  # with train.time_budget_s: poly/cosine end when the budget does
 
 
 @dataclass
@@ -57,6 +67,7 @@ class TrainConfig:
 class DistributedConfig:
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     timeout_s: float = 120.0
+    scaling: Literal["samples", "steps"] = "samples"  # N ranks share one process's steps, or each runs them all
 
 
 # Keys that do not change what is trained; a resume may change them (config_hash skips them).
@@ -67,6 +78,14 @@ RUN_CONTROL_KEYS = (
     "validation.max_images",
     "train.memory_format",  # a layout: the same model, though not bitwise the same float rounding
 )
+
+
+# New keys at these values train what the configs before them trained, so config_hash leaves
+# them out there: the hashes of existing runs stay valid. Any other value is hashed.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "distributed.scaling": "samples", "optim.lr_scaling": "none", "schedule.follow_budget": True,
+    "augment.modality_dropout": 0.0,  # the 3D task's augment section
+}
 
 
 SEED_MAX = 2**32 - 1  # NumPy's seed range
@@ -94,13 +113,35 @@ def config_hash(cfg: Any, skip: Sequence[str] = RUN_CONTROL_KEYS) -> str:
     for dotted in skip:
         section, _, key = dotted.partition(".")
         data.get(section, {}).pop(key, None)
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        section, _, key = dotted.partition(".")
+        if key in data.get(section, {}) and data[section][key] == neutral:
+            del data[section][key]
     return sha256_json(data)
 
 
-def total_steps(t: TrainConfig) -> int:
-    """Optimiser steps the run is planned for (what the LR schedule decays over)."""
-    planned = t.epochs * t.steps_per_epoch
-    return min(planned, t.max_steps) if t.max_steps else planned
+def step_share(cfg: Any, world_size: int = 1) -> int:
+    """How many ranks share one process's steps: N under distributed.scaling=samples, else 1."""
+    return max(1, world_size) if cfg.distributed.scaling == "samples" else 1
+
+
+def epoch_steps(cfg: Any, world_size: int = 1) -> int:
+    """Optimiser steps one rank takes per epoch (ceil(steps_per_epoch / share))."""
+    return -(-cfg.train.steps_per_epoch // step_share(cfg, world_size))
+
+
+def total_steps(cfg: Any, world_size: int = 1) -> int:
+    """Optimiser steps one rank is planned for (what the LR schedule decays over): epochs x
+    epoch_steps, capped by train.max_steps (counted like steps_per_epoch, so also shared)."""
+    share = step_share(cfg, world_size)
+    planned = cfg.train.epochs * epoch_steps(cfg, world_size)
+    return min(planned, -(-cfg.train.max_steps // share)) if cfg.train.max_steps else planned
+
+
+def lr_scale(cfg: Any, world_size: int = 1) -> float:
+    """Multiplier on every base LR for `world_size` processes (optim.lr_scaling)."""
+    n = max(1, world_size)
+    return {"none": 1.0, "linear": float(n), "sqrt": math.sqrt(n)}[cfg.optim.lr_scaling]
 
 
 def require(ok: bool, key: str, message: str) -> None:

@@ -12,6 +12,12 @@ Non-finite numbers stop the run: the per-step stop vote carries "this rank's los
 checkpoint and best.pt; either ends the run with exit 1 and one line naming the step, and no
 checkpoint ever holds non-finite weights.
 
+Pre-emption (SIGTERM, to the rank or its whole process group): loader workers ignore it
+(engine.loader), the rank's handler only sets a flag, so the step, validation or checkpoint write in
+hand finishes; the next stop vote (after every step, and at the start of every epoch) stops all
+ranks at the same step, rank 0 saves (unless that state is saved already) and writes run.json
+"preempted", every rank waits for it at a barrier, closes its loader workers and exits 75.
+
 Exit codes: see brats_seg.engine.runtime (0 done, 1 non-finite, 2 bad input, 75 pre-empted by SIGTERM).
 """
 from __future__ import annotations
@@ -24,9 +30,11 @@ from typing import Any, Callable
 import torch
 
 from brats_seg.engine import checkpoint as ckpt
-from brats_seg.engine.distributed import DistInfo, init_distributed, mean_over_ranks, shutdown
+from brats_seg.engine.config import epoch_steps
+from brats_seg.engine.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
+from brats_seg.engine.loader import close_loader
 from brats_seg.engine.run_info import write_run_info
-from brats_seg.engine.runtime import EXIT_NOT_FINITE, EXIT_OK, EXIT_PREEMPTED, StopFlag
+from brats_seg.engine.runtime import EXIT_NOT_FINITE, EXIT_OK, EXIT_PREEMPTED, StopFlag, pause_point
 from brats_seg.engine.session import Session, build_state, check_run_dir, start_session
 from brats_seg.engine.state import TrainState, checkpoint_payload
 from brats_seg.engine.step import optimizer_step, train_step
@@ -34,9 +42,15 @@ from brats_seg.engine.task import Task
 
 
 def train(cfg: Any, make_task: Callable[[DistInfo], Task], run_dir: Path, resume: bool) -> int:
-    """Train the task `make_task` builds (after the process group is up) into `run_dir`; the exit code."""
-    info = init_distributed(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    """Train the task `make_task` builds (after the process group is up) into `run_dir`; the exit code.
+
+    The SIGTERM flag is up before the process group, so a pre-emption during start-up is a stop at
+    the first vote too. Every rank ends at a barrier after rank 0's last write (checkpoint, run.json):
+    a launcher that ends the job at the first non-zero exit (torchrun, srun --kill-on-bad-exit)
+    cannot kill rank 0 in the middle of it."""
     stop = StopFlag().install()
+    info = init_distributed(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    session = None
     try:
         task = make_task(info)
         check_run_dir(run_dir, resume)
@@ -46,10 +60,14 @@ def train(cfg: Any, make_task: Callable[[DistInfo], Task], run_dir: Path, resume
             status = run_guarded(state, session)
         except NotFinite as exc:
             stopped(state, session, exc)
+            barrier(info)
             return EXIT_NOT_FINITE
         finish(state, session, status)
+        barrier(info)
         return EXIT_PREEMPTED if status == "preempted" else EXIT_OK
     finally:
+        if session is not None:
+            close_loader(session.loader)
         stop.restore()
         shutdown(info)
 
@@ -72,9 +90,17 @@ def run_guarded(state: TrainState, session: Session) -> str:
 
 
 def run_epochs(state: TrainState, session: Session) -> str:
-    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM)."""
+    """'finished', 'budget' (wall-clock limit) or 'preempted' (SIGTERM).
+
+    A stop vote opens every epoch, so a SIGTERM during start-up, the last step's validation or the
+    epoch checkpoint stops here, before another step (saving only if the state moved since the
+    last checkpoint); the step votes catch the rest."""
     p = state.progress
     while p.step < session.total and p.epoch < session.cfg.train.epochs:
+        if stop_reason(state, session) == "preempted":
+            if session.saved_step != p.step:
+                save(state, session)
+            return "preempted"
         status = run_epoch(state, session)
         if status != "continue":
             return status
@@ -83,12 +109,14 @@ def run_epochs(state: TrainState, session: Session) -> str:
 
 def run_epoch(state: TrainState, session: Session) -> str:
     cfg, p = session.cfg, state.progress
-    accum = cfg.optim.grad_accum
+    accum, steps = cfg.optim.grad_accum, epoch_steps(cfg, state.info.world_size)  # this rank's share
     session.sampler.set_position(p.epoch, p.epoch_step * accum * cfg.data.batch_size)
-    batches = iter(session.loader)
+    with session.stop.held():  # the first iter() forks the workers; see StopFlag.held
+        batches = iter(session.loader)
     with _progress_bar(state, session) as bar:
-        while p.epoch_step < cfg.train.steps_per_epoch and p.step < session.total:
+        while p.epoch_step < steps and p.step < session.total:
             loss = train_step(state, [next(batches) for _ in range(accum)])
+            pause_point("step", p.step + 1, state.info.rank)  # test-only; see runtime.pause_point
             finite = optimizer_step(state, cfg.optim.grad_clip)
             after_step(state, session, loss, finite)
             bar.update(1)
@@ -104,7 +132,7 @@ def run_epoch(state: TrainState, session: Session) -> str:
                 end_epoch(state, session, partial=True)
                 return reason
             every = cfg.train.checkpoint_every_steps
-            if every and p.step % every == 0 and p.epoch_step < cfg.train.steps_per_epoch:
+            if every and p.step % every == 0 and p.epoch_step < steps:
                 save(state, session)
     end_epoch(state, session)
     return "continue"
@@ -114,8 +142,8 @@ def _progress_bar(state: TrainState, session: Session):
     from tqdm import tqdm
 
     show = state.info.is_main and session.cfg.train.progress and sys.stderr.isatty()
-    return tqdm(total=session.cfg.train.steps_per_epoch, initial=state.progress.epoch_step, disable=not show,
-                desc=f"epoch {state.progress.epoch}", leave=False, dynamic_ncols=True)
+    return tqdm(total=epoch_steps(session.cfg, state.info.world_size), initial=state.progress.epoch_step,
+                disable=not show, desc=f"epoch {state.progress.epoch}", leave=False, dynamic_ncols=True)
 
 
 def after_step(state: TrainState, session: Session, loss: float, finite: bool) -> None:
@@ -139,18 +167,21 @@ def after_step(state: TrainState, session: Session, loss: float, finite: bool) -
 
 def stop_reason(state: TrainState, session: Session) -> str | None:
     """Agreed by all ranks: 'not_finite' (a non-finite step loss anywhere: session.last_loss),
-    'preempted' (SIGTERM anywhere), 'budget', or None."""
+    'preempted' (SIGTERM anywhere), 'budget', or None. The vote also carries the elapsed time (the
+    max over ranks), so with a time budget every rank sets the same LR (schedule.set_time_fraction)."""
     budget = session.cfg.train.time_budget_s
-    flags = torch.tensor([float(session.stop.requested), float(bool(budget) and session.elapsed() >= budget),
-                          float(not math.isfinite(session.last_loss))], dtype=torch.float64, device=state.info.device)
+    flags = torch.tensor([float(session.stop.requested), float(not math.isfinite(session.last_loss)),
+                          session.elapsed()], dtype=torch.float64, device=state.info.device)
     if state.info.is_distributed:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    flags = flags.tolist()  # the step's one host sync
-    if flags[2] > 0:
+    requested, not_finite, elapsed = flags.tolist()  # the step's one host sync
+    if budget > 0:
+        state.schedule.set_time_fraction(elapsed / budget)
+    if not_finite > 0:
         return "not_finite"
-    if flags[0] > 0:
+    if requested > 0:
         return "preempted"
-    return "budget" if flags[1] > 0 else None
+    return "budget" if budget > 0 and elapsed >= budget else None
 
 
 def require_finite_weights(state: TrainState, before: str) -> None:
@@ -188,6 +219,7 @@ def run_validation(state: TrainState, session: Session) -> dict:
     """The task's validation; feeds the plateau schedule; keeps best.pt when the score improves.
     Returns the scalar metrics (the epoch record's); best.pt and run.json get all of them."""
     task, p = session.task, state.progress
+    pause_point("validation", p.step, state.info.rank)  # test-only; see runtime.pause_point
     metrics = task.validate(state, session)
     score = metrics[task.score_key]
     state.schedule.observe(score)
@@ -217,9 +249,10 @@ def save(state: TrainState, session: Session) -> None:
     require_finite_weights(state, "the checkpoint")
     state.progress.elapsed_s = session.elapsed()
     payload = checkpoint_payload(state)
+    session.saved_step = state.progress.step
     if not state.info.is_main:
         return
-    path = ckpt.save_checkpoint(state.run_dir, payload)
+    path = ckpt.save_checkpoint(state.run_dir, payload, state.progress.step)
     info = session.run_info
     info["progress"] = {"step": state.progress.step, "epoch": state.progress.epoch,
                         "elapsed_s": round(state.progress.elapsed_s, 2)}
@@ -254,6 +287,6 @@ def finish(state: TrainState, session: Session, status: str) -> None:
     write_run_info(state.run_dir, session.run_info)
     if status == "preempted":
         print(f"stopped by SIGTERM at step {state.progress.step}; checkpoint saved, exit {EXIT_PREEMPTED}; "
-              "continue with the same command plus --resume", flush=True)
+              "continue with the same command plus --resume (or --auto-resume)", flush=True)
     else:
         print(f"training {session.run_info['status']} at step {state.progress.step}", flush=True)

@@ -17,6 +17,7 @@ from brats_seg.errors import InputError
 
 FORMAT_VERSION = 1
 TASKS = ("3d", "2d")
+AMP_DTYPES = ("bf16", "fp16")  # ModelMeta.amp_dtype values (brats_seg.engine.runtime.AMP_NAMES)
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")  # the canonical names ingest gives the four MRI sequences
 OTHER_COMMANDS = {"3d": "brats-seg predict / evaluate", "2d": "brats-seg predict2d / evaluate2d / quantize"}
 
@@ -51,6 +52,9 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data": (lambda v: isinstance(v, dict), "the data config (a mapping)"),
     "normalize": (lambda v: isinstance(v, dict), "the input normalisation (a mapping)"),
     "distilled_from": (lambda v: isinstance(v, str), "a path"),
+    "amp_dtype": (lambda v: v in AMP_DTYPES, f"one of {', '.join(AMP_DTYPES)} (absent: trained in float32)"),
+    "modality_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+                         "a probability in [0, 1) (absent: trained without modality dropout)"),
 }
 REQUIRED = {"3d": ("model", "model_kwargs", "loss_mode", "patch_size"),
             "2d": ("model", "model_kwargs", "num_classes", "ignore_index")}
@@ -80,6 +84,11 @@ class ModelMeta:
     data: dict | None = None  # the run's data config (eval_scale, splits, format)
     normalize: dict | None = None
     distilled_from: str | None = None
+    # both tasks: what training autocast to on CUDA ('bf16', 'fp16'; None: float32, and every
+    # checkpoint from before this field); `predict --amp auto` follows it
+    amp_dtype: str | None = None
+    # 3D: augment.modality_dropout of the run; > 0 lets `predict --missing` zero-fill absent sequences
+    modality_dropout: float = 0.0
     extra: dict = field(default_factory=dict, compare=False)  # informational keys kept as stored
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import random
 import signal
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -40,15 +40,49 @@ def configure_runtime(num_threads: int, deterministic: bool, device: torch.devic
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        if deterministic:
+            warn(CUDA_NOT_BIT_EXACT)
 
 
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: AMP runs on CUDA only ('auto' = bf16 where supported, else fp16)."""
+# warn_only=True: an op without a deterministic CUDA kernel warns and runs anyway. The 3D models
+# have one on every step: the backward of trilinear interpolation (the attention gates' resampling,
+# and upsample: trilinear), so bit-identical CUDA reruns are not guaranteed (unmeasured: no GPU yet).
+CUDA_NOT_BIT_EXACT = ("train.deterministic=true on CUDA: deterministic kernels are preferred, but the backward "
+                      "of trilinear interpolation (used by the 3D models' attention gates) has no deterministic "
+                      "CUDA kernel and runs anyway: repeated runs are not guaranteed to be bit-identical")
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # as stored in ModelMeta.amp_dtype
+
+
+def warn(message: str) -> None:
+    """One `warning:` line on stderr, from rank 0 only under torchrun."""
+    import sys
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def amp_dtype(setting: str, device: torch.device, quiet: bool = False) -> torch.dtype | None:
+    """Autocast dtype: AMP runs on CUDA only. bf16 only where it is native (compute capability >= 8,
+    Ampere and newer); older GPUs (V100, T4) emulate it slowly although torch.cuda.is_bf16_supported()
+    says yes, so there 'auto' and 'bf16' train in fp16 (with make_scaler's GradScaler) and warn once."""
     if device.type != "cuda" or setting == "none":
         return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if setting == "bf16" else torch.float16
+    if setting == "fp16":
+        return torch.float16
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return torch.bfloat16
+    if not quiet:
+        warn(f"train.amp={setting}: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+             "has no native bf16; training in fp16 with a GradScaler")
+    return torch.float16
+
+
+def amp_name(setting: str, device: torch.device) -> str | None:
+    """What training autocasts to, as stored in the checkpoint meta: 'bf16', 'fp16' or None (fp32)."""
+    return AMP_NAMES.get(amp_dtype(setting, device, quiet=True))
 
 
 def memory_format(setting: str, device: torch.device, dims: int = 3) -> torch.memory_format:
@@ -78,8 +112,15 @@ def make_scaler(device: torch.device, dtype: torch.dtype | None):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
+WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # loader workers ignore these: the rank decides
+
+
 class StopFlag:
-    """Sets `requested` on SIGTERM (cluster pre-emption); the loop checkpoints and exits 75."""
+    """Sets `requested` on SIGTERM (cluster pre-emption); the loop checkpoints and exits 75.
+
+    The handler only sets the flag, so a SIGTERM in the middle of a step, a validation or a
+    checkpoint write lets that work finish; the ranks agree to stop at the next stop vote.
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -97,3 +138,41 @@ class StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+    @staticmethod
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        """Block SIGTERM and SIGINT while loader workers fork: a worker starts with them blocked
+        until its init ignores them (engine.loader), so no signal meant for the rank can kill it
+        before then; one that reached the rank meanwhile is delivered when the block lifts."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+# Test-only fault injection (tests/faults/test_preempt_workers.py): BRATS_SEG_TEST_PAUSE=PHASE@STEP:SECONDS
+# makes the phase ('step', 'validation' or 'checkpoint') sleep once when it is entered at optimiser
+# step STEP, after writing BRATS_SEG_TEST_PAUSE_DIR/PHASE-rankR, so a test can signal the job there.
+PAUSE_ENV, PAUSE_DIR_ENV = "BRATS_SEG_TEST_PAUSE", "BRATS_SEG_TEST_PAUSE_DIR"
+_paused: set = set()
+
+
+def pause_point(phase: str, step: int, rank: int = 0) -> None:
+    """Sleep here when BRATS_SEG_TEST_PAUSE names this phase and step (test-only; unset: nothing)."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec or phase in _paused:
+        return
+    where, _, seconds = spec.partition(":")
+    name, _, at = where.partition("@")
+    if name != phase or int(at or -1) != step:
+        return
+    _paused.add(phase)
+    folder = os.environ.get(PAUSE_DIR_ENV)
+    if folder:
+        with open(os.path.join(folder, f"{phase}-rank{rank}"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+    import time
+
+    time.sleep(float(seconds or 5))

@@ -15,7 +15,7 @@ import torch
 
 from brats_seg.core.typed_config import to_dict
 from brats_seg.engine import checkpoint as ckpt
-from brats_seg.engine.config import config_hash, total_steps
+from brats_seg.engine.config import config_hash, lr_scale, total_steps
 from brats_seg.engine.distributed import DistInfo
 from brats_seg.engine.loader import StreamSampler, stream_loader
 from brats_seg.engine.metrics_log import MetricsLogger
@@ -42,6 +42,7 @@ class Session:
     elapsed_at_start: float = 0.0
     interval: list = field(default_factory=list)
     last_loss: float = 0.0  # this rank's loss of the latest step (the stop vote checks it is finite)
+    saved_step: int = -1  # step of the checkpoint last written or resumed from (a stop there saves nothing new)
 
     @property
     def cfg(self) -> Any:
@@ -75,7 +76,8 @@ def build_state(task: Task, info: DistInfo, run_dir: Path, fresh: bool = True) -
         train_model = built.wrap(train_model)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     return TrainState(model=model, train_model=train_model, optimizer=optimizer,
-                      schedule=LRSchedule(optimizer, cfg.schedule, total_steps(cfg.train)),
+                      schedule=LRSchedule(optimizer, cfg.schedule, total_steps(cfg, info.world_size),
+                                          lr_scale(cfg, info.world_size)),
                       scaler=make_scaler(info.device, dtype), loss_fn=built.loss_fn,
                       autocast=autocast_factory(info.device, dtype), info=info, run_dir=Path(run_dir),
                       config_hash=config_hash(cfg), data_sha256=task.data.identity, meta=built.meta,
@@ -83,12 +85,31 @@ def build_state(task: Task, info: DistInfo, run_dir: Path, fresh: bool = True) -
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
-    """The DistributedDataParallel wrapper under torchrun, else None."""
+    """The DistributedDataParallel wrapper under torchrun, else None (weights' strides made canonical
+    first: see canonical_strides)."""
     if not info.is_distributed:
         return None
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    canonical_strides(model)
     return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+def canonical_strides(model: torch.nn.Module) -> None:
+    """Give every weight whose memory order is the plain contiguous one (is_contiguous()) the plain
+    strides too. Channels-last 1x1x1 convolution weights (the attention gates') are such tensors
+    with odd strides on their size-1 dims ([C, 1, C, C, C]); autograd gives their gradients the
+    plain strides, and DDP, which lays its bucket views out like the weights, then warned "Grad
+    strides do not match bucket view strides" and copied those gradients every step. The same
+    memory order, so the numbers do not change."""
+    with torch.no_grad():
+        for param in model.parameters():
+            plain, size = [], 1
+            for n in reversed(param.shape):
+                plain.insert(0, size)
+                size *= max(n, 1)
+            if param.is_contiguous() and param.stride() != tuple(plain):
+                param.set_(param.clone(memory_format=torch.contiguous_format))
 
 
 def restore_if_resuming(state: TrainState, task: Task, resume: bool) -> Path | None:
@@ -105,13 +126,15 @@ def start_session(state: TrainState, task: Task, stop: StopFlag, resume: bool) -
     """Restore on --resume, the rank's loader, the logger, and (rank 0) config.yaml and run.json."""
     info, run_dir, data = state.info, state.run_dir, task.data
     resumed_from = restore_if_resuming(state, task, resume)
-    loader, sampler = stream_loader(task.dataset(info.world_size), task.cfg, info.rank, info.device)
+    loader, sampler = stream_loader(task.dataset(info.world_size), task.cfg, info.rank, info.device,
+                                    info.world_size)
     logger = MetricsLogger(run_dir, task.curves, enabled=info.is_main)
     run_info = (load_run_info(run_dir) if resume else None) or new_run_info(
         to_dict(task.cfg), state.config_hash, data.path, data.sha256, data.split, info.world_size,
         str(info.device), state.meta.to_dict(), fingerprint=data.fingerprint)
-    session = Session(task, loader, sampler, logger, stop, run_info, total_steps(task.cfg.train),
+    session = Session(task, loader, sampler, logger, stop, run_info, total_steps(task.cfg, info.world_size),
                       elapsed_at_start=state.progress.elapsed_s)
+    session.saved_step = state.progress.step if resumed_from is not None else -1
     if info.is_main:
         _write_start_files(state, session, resumed_from)
     return session

@@ -35,7 +35,7 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
     import torch
     from monai.metrics import compute_hausdorff_distance
 
-    box = _union_box(pred | ref, margin=1)
+    box = union_box(pred | ref, margin=1)
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None]
     r = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None]
     with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
@@ -45,7 +45,8 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing) -> float:
     return float(value.item())
 
 
-def _union_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+def union_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of a non-empty mask, grown by `margin` voxels and clipped to the volume."""
     box = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)

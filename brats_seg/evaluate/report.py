@@ -65,7 +65,21 @@ def _summary_lines(path: Path, summary: Summary, title: str) -> list[str]:
             f"Mean Dice over WT/TC/ET: **{_number(summary.mean_dice)}**.", "", "## Metrics (mean ± std)", "",
             format_table(as_plain(summary)), "",
             "Empty regions follow BraTS: both empty gives Dice 1 and HD95 0; one empty gives Dice 0 and "
-            f"HD95 {one_empty_hd95} mm.", ""]
+            f"HD95 {one_empty_hd95} mm.", "", *_lesion_lines(path, as_plain(summary).get("lesion_wise"))]
+
+
+def _lesion_lines(path: Path, lesion: Any) -> list[str]:
+    """The lesion-wise method's parameters, when the summary was scored with --lesion-wise."""
+    if lesion is None:
+        return []
+    keys = ("dilation_voxels", "min_volume_mm3", "hd95_penalty_mm")
+    if not isinstance(lesion, dict) or not all(isinstance(lesion.get(k), (int, float)) for k in keys):
+        raise InputError(path, f"lesion_wise: expected numbers under {', '.join(keys)} (the block "
+                               "`brats-seg evaluate --lesion-wise` writes)")
+    return [f"Lesion-wise columns follow BraTS 2023: 26-connected lesions, the truth dilated "
+            f"{lesion['dilation_voxels']} voxels to match predicted components, truth lesions of at most "
+            f"{lesion['min_volume_mm3']:g} mm³ left out, each missed or false-positive lesion scoring Dice 0 "
+            f"and HD95 {lesion['hd95_penalty_mm']:g} mm.", ""]
 
 
 def _read_run(run: Path | None) -> RunRecord | None:

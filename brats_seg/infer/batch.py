@@ -2,11 +2,15 @@
 
 Output folder:
   masks/<id>.nii.gz           uint8 mask on the input's grid, in the requested label convention
+  masks/<id>.json             the case report: volumes (mL) per region and label, uncertainty scores
   probabilities/<id>.nii.gz   optional float32 4D (X, Y, Z, K)
+  uncertainty/<id>.nii.gz     optional (--uncertainty, needs --tta) float32 4D TTA std of WT, TC, ET
   qa/<id>.png                 optional QA picture
   cases/<id>.json             sidecar written after the mask: the entry and the key it was made for
   predictions.json            stage "predictions" (shards: shards/predictions.shard-I-of-N.json,
                               merged into predictions.json by whichever shard finishes last)
+  volumes.csv                 one row per case of predictions.json (written with it: by a single
+                              run, or by the shard that merges)
 
 A case is skipped when its sidecar names the same key (checkpoint sha256, inference settings,
 input sha256s, convention, outputs asked for) and the files it lists still hash to what it
@@ -25,12 +29,13 @@ from brats_seg.core.paths import refuse_overwrite
 from brats_seg.core.shards import select_shard
 from brats_seg.errors import InputError, with_location
 from brats_seg.infer import export
+from brats_seg.infer.case_report import REPORT_VERSION, entry_fields, write_case_json
 from brats_seg.infer.manifests import PREDICTIONS, manifest_config, write_predictions_manifest
 from brats_seg.infer.prepare import entry_convention
 from brats_seg.io.content import record_paths
 from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 
-SIDECARS, MASKS, PROBS, QA = "cases", "masks", "probabilities", "qa"
+SIDECARS, MASKS, PROBS, QA, UNCERTAINTY = "cases", "masks", "probabilities", "qa", "uncertainty"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class BatchOptions:
     qa: bool = False
     force: bool = False
     data_roots: tuple[Path, ...] = ()  # --data-root: folders outside the manifest's own its roots may be in
+    uncertainty: bool = False  # also write uncertainty/<id>.nii.gz (the segmenter must mirror: --tta)
 
 
 def predict_manifest(segmenter, raw_path: Path, out_dir: Path, shard: tuple[int, int] = (0, 1),
@@ -59,6 +65,8 @@ def predict_manifest(segmenter, raw_path: Path, out_dir: Path, shard: tuple[int,
     inputs = [raw_path, *set(roots.values()), *(p for c in cases for p in record_paths(c, roots[c["id"]]))]
     refuse_overwrite(out_dir, inputs + ([model_path] if model_path else []), "--out", out_is_folder=True)
     config = manifest_config(segmenter, raw_path, opts)
+    if opts.uncertainty and not segmenter.window.mirror_axes:
+        raise InputError("--uncertainty", "needs --tta: the map is the spread of the mirrored passes")
     with PREDICTIONS.locked(out_dir, shard):
         entries, failed, counts = [], [], {"done": 0, "skipped": 0, "failed": 0}
         for case in cases:
@@ -98,7 +106,8 @@ def case_key(segmenter, case: dict, opts: BatchOptions) -> str:
         "model": segmenter.spec.identity.get("sha256"), "settings": segmenter.settings(),
         "inputs": {c: case["images"][c]["sha256"] for c in segmenter.spec.channels if c in case["images"]},
         "convention": opts.label_convention or entry_convention(case),
-        "probabilities": opts.probabilities, "qa": opts.qa,
+        "probabilities": opts.probabilities, "qa": opts.qa, "uncertainty": opts.uncertainty,
+        "report": REPORT_VERSION,
     })
 
 
@@ -110,11 +119,13 @@ def stored_entry(out_dir: Path, case_id: str, key: str) -> dict | None:
         return None
     entry = side.entry.model_dump(mode="python", exclude_unset=True)  # the entry as written, nothing added
     files = [(entry["mask"], entry["sha256"])]
-    if entry.get("probabilities"):
-        files.append((entry["probabilities"], entry["probabilities_sha256"]))
+    for kind in ("probabilities", "uncertainty"):
+        if entry.get(kind):
+            files.append((entry[kind], entry.get(f"{kind}_sha256")))
     try:
-        if entry.get("qa") and not resolve_inside(out_dir, entry["qa"], case_id).is_file():
-            return None
+        for kind in ("qa", "report"):
+            if entry.get(kind) and not resolve_inside(out_dir, entry[kind], case_id).is_file():
+                return None
         if all(sha256_file(resolve_inside(out_dir, rel, case_id)) == digest for rel, digest in files):
             return entry
     except (OSError, InputError):
@@ -123,24 +134,35 @@ def stored_entry(out_dir: Path, case_id: str, key: str) -> dict | None:
 
 
 def _predict_case(segmenter, case: dict, root: Path, out_dir: Path, opts: BatchOptions) -> dict:
-    result = segmenter.predict(case, probabilities=opts.probabilities, root=root, keep_inputs=opts.qa)
+    result = segmenter.predict(case, probabilities=opts.probabilities, root=root, keep_inputs=opts.qa,
+                               uncertainty=opts.uncertainty)
     convention = opts.label_convention or result.label_convention
-    rel = f"{MASKS}/{case['id']}.nii.gz"
+    cid = case["id"]
+    rel = f"{MASKS}/{cid}.nii.gz"
     mask = export.write_mask(result.labels, result.geometry, out_dir / rel, convention)
-    entry = {"id": case["id"], "mask": rel, "sha256": sha256_file(mask), "label_convention": convention,
+    entry = {"id": cid, "mask": rel, "sha256": sha256_file(mask), "label_convention": convention,
              "shape": list(result.geometry.shape),
              "voxels": {name: int((result.labels == v).sum()) for v, name in ((1, "NCR"), (2, "ED"), (3, "ET"))},
              "inputs_sha256": result.inputs.inputs_sha256 if result.inputs else
-             {c: case["images"][c]["sha256"] for c in segmenter.spec.channels}}
+             {c: case["images"][c]["sha256"] for c in segmenter.spec.channels if c not in result.missing}}
     if opts.probabilities:
-        prel = f"{PROBS}/{case['id']}.nii.gz"
+        prel = f"{PROBS}/{cid}.nii.gz"
         path = export.write_probabilities(result.probabilities, result.geometry, out_dir / prel)
         entry.update(probabilities=prel, probabilities_sha256=sha256_file(path))
+    if opts.uncertainty:
+        urel = f"{UNCERTAINTY}/{cid}.nii.gz"
+        path = export.write_uncertainty(result.uncertainty, result.geometry, out_dir / urel)
+        entry.update(uncertainty=urel, uncertainty_sha256=sha256_file(path))
+    report = result.report(f"{cid}.nii.gz", convention, f"../{UNCERTAINTY}/{cid}.nii.gz" if opts.uncertainty else None,
+                           segmenter.spec.identity)
+    write_case_json(out_dir / MASKS / f"{cid}.json", report, result.sections)
+    entry.update(report=f"{MASKS}/{cid}.json", **entry_fields(report))
     if opts.qa:
         from brats_seg.infer.qa import qa_images, write_qa_png
 
-        qrel = f"{QA}/{case['id']}.png"
-        write_qa_png(result.labels, qa_images(result.inputs), result.geometry, out_dir / qrel, case["id"])
+        qrel = f"{QA}/{cid}.png"
+        write_qa_png(result.labels, qa_images(result.inputs), result.geometry, out_dir / qrel, cid,
+                     uncertainty=result.uncertainty)
         entry["qa"] = qrel
     entry["timings"] = result.timings
     return entry

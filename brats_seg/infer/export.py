@@ -46,3 +46,9 @@ def write_mask(labels: np.ndarray, geometry: Geometry, path: Path, convention: s
 def write_probabilities(probs: np.ndarray, geometry: Geometry, path: Path) -> Path:
     """(K, X, Y, Z) probabilities -> 4D float32 NIfTI, channels last."""
     return write_nifti(np.moveaxis(np.asarray(probs, dtype=np.float32), 0, -1), geometry, Path(path), dtype=np.float32)
+
+
+def write_uncertainty(std: np.ndarray, geometry: Geometry, path: Path) -> Path:
+    """(3, X, Y, Z) per-region TTA standard deviation (WT, TC, ET) -> 4D float32 NIfTI on the input
+    grid, channels last like the probabilities (the same header path as the mask)."""
+    return write_probabilities(std, geometry, path)

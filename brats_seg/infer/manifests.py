@@ -3,7 +3,9 @@
 The manifest's config names the model (checkpoint path, sha256), the inference settings and the
 raw manifest; entries carry per-case timings; `timings` sums them (so a merge of shards equals a
 single run's manifest except for created_at and the timing values). The shard mechanism is
-core.shards; this module says what a predictions manifest holds.
+core.shards; this module says what a predictions manifest holds. volumes.csv (one row per case,
+infer.case_report) is written from the final manifest's entries whenever that manifest is written,
+so a sharded batch gets it from the shard that merges, with every shard's cases.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from brats_seg.core.hashing import sha256_file
 from brats_seg.core.shards import ShardedManifest
+from brats_seg.infer.case_report import write_volumes_csv
 from brats_seg.io.manifest import load_manifest, new_manifest, save_manifest
 
 
@@ -19,6 +22,7 @@ def manifest_config(segmenter, raw_path: Path, opts) -> dict:
     """What a predictions manifest records of the run: model identity, settings, outputs asked for."""
     return {"model": dict(segmenter.spec.identity), "settings": segmenter.settings(),
             "label_convention": opts.label_convention, "probabilities": opts.probabilities, "qa": opts.qa,
+            "uncertainty": opts.uncertainty,
             "raw_manifest": str(Path(raw_path).resolve())}
 
 
@@ -34,6 +38,7 @@ def build_manifest(entries: list[dict], failed: list[dict], raw_sha: str, config
     return manifest
 
 
+VOLUMES_CSV = "volumes.csv"
 PREDICTIONS = ShardedManifest(
     name="predictions", load=partial(load_manifest, stage="predictions"), save=save_manifest,
     build=build_manifest,
@@ -46,5 +51,10 @@ PREDICTIONS = ShardedManifest(
 def write_predictions_manifest(out_dir: Path, entries: list[dict], failed: list[dict], raw_path: Path,
                                config: dict, shard: tuple[int, int]) -> Path:
     """Write this shard's manifest; returns the merged manifest when this shard completed the set."""
-    path, merged = PREDICTIONS.write(out_dir, build_manifest(entries, failed, sha256_file(raw_path), config), shard)
+    manifest = build_manifest(entries, failed, sha256_file(raw_path), config)
+    path, merged = PREDICTIONS.write(out_dir, manifest, shard)
+    if merged is not None:
+        manifest = PREDICTIONS.load(merged)
+    if merged is not None or shard[1] == 1:
+        write_volumes_csv(Path(out_dir) / VOLUMES_CSV, manifest["cases"])
     return merged or path

@@ -23,6 +23,8 @@ class ModelSpec:
     name: str = ""
     kwargs: dict = field(default_factory=dict)
     identity: dict = field(default_factory=dict)  # checkpoint path and sha256
+    amp_dtype: str | None = None  # what training autocast to on CUDA ('bf16', 'fp16'; None: float32)
+    modality_dropout: float = 0.0  # > 0: trained with missing sequences, so `predict --missing` is allowed
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -33,4 +35,5 @@ class ModelSpec:
         """From a task-3d checkpoint's ModelMeta (see engine.checkpoint.load_model)."""
         spacing = spacing if isinstance(spacing, str) else tuple(float(v) for v in spacing)
         return cls(meta.loss_mode, tuple(meta.channels), tuple(int(v) for v in meta.patch_size),
-                   spacing, meta.model, dict(meta.model_kwargs), dict(identity or {}))
+                   spacing, meta.model, dict(meta.model_kwargs), dict(identity or {}),
+                   getattr(meta, "amp_dtype", None), float(getattr(meta, "modality_dropout", 0.0)))

@@ -3,19 +3,28 @@
 The chain is preprocessing's own (`preprocess.case.prepare_arrays`: crop to the brain, reorient,
 z-score, resample), so the network sees what it saw in training; nothing is written to disk. The
 returned entry carries the `source` record that `preprocess.inverse` uses to go back exactly.
+
+Any image path may be a DICOM series folder (io.dicom; `series` picks one where a folder holds
+several). The images must share one grid, unless `register` is given: then every channel is
+rigidly registered onto the reference channel (t1ce; preprocess.register) and resampled there, and
+the record of what was done travels with the CaseInput (its `registration`, for the case JSON).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from brats_seg.errors import InputError
 from brats_seg.io.content import check_intensities
+from brats_seg.io.dicom import SeriesChoice, read_series
 from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM, Geometry, check_voxel_size, same_grid
 from brats_seg.io.volume import read_volume
+
+if TYPE_CHECKING:
+    from brats_seg.preprocess.register import RegisterConfig
 
 DEFAULT_CONVENTION = "brats2021"
 BRATS2023_NAMES = {"t1n", "t1c", "t2w", "t2f"}
@@ -31,6 +40,7 @@ class CaseInput:
     channels: list[str]
     label_convention: str = DEFAULT_CONVENTION  # the convention masks are written in by default
     inputs_sha256: dict[str, str] = field(default_factory=dict)
+    registration: dict | None = None  # preprocess.register's record, when the channels were registered
 
     def channel(self, name: str) -> np.ndarray | None:
         return self.images[self.channels.index(name)] if name in self.channels else None
@@ -111,26 +121,64 @@ def entry_convention(entry: dict) -> str:
     return entry.get("label_convention") or LAYOUT_CONVENTION.get(entry.get("layout", ""), DEFAULT_CONVENTION)
 
 
-def read_files(files: CaseFiles, spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> CaseInput:
-    """Read a case's images, held to ingest's rules (finite, some signal, plausible voxel size, one grid)."""
-    images, reference = [], None
-    for path in files.paths:
-        data, geom = read_volume(path)
+def read_files(files: CaseFiles, spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM,
+               series: SeriesChoice | None = None, register: RegisterConfig | None = None) -> CaseInput:
+    """Read a case's images, held to ingest's rules (finite, some signal, plausible voxel size), on
+    the reference channel's grid (t1ce, else the first): one grid already, or registered onto it."""
+    from brats_seg.infer.missing import reference_channel
+
+    series = series or SeriesChoice()
+    images, geometries = [], []
+    for channel, path in zip(files.channels, files.paths):
+        data, geom = read_image(path, channel, series)
         check_intensities(path, data)
         check_voxel_size(path, geom.spacing, *spacing_range)
-        if reference is None:
-            reference = geom
-        elif (problem := same_grid(reference, geom)) is not None:
-            raise InputError(path, f"{problem} of {files.paths[0].name}; expected all images of a case on one grid")
         images.append(data)
-    return CaseInput(files.case_id, images, reference, list(files.channels), files.convention)
+        geometries.append(geom)
+    _check_series_used(series, geometries)
+    ref = files.channels.index(reference_channel(files.channels))
+    if register is not None:
+        from brats_seg.preprocess.register import register_case
+
+        images, reference, record = register_case(images, geometries, list(files.channels), files.paths, register)
+        return CaseInput(files.case_id, images, reference, list(files.channels), files.convention, registration=record)
+    for channel, path, geom in zip(files.channels, files.paths, geometries):
+        if (problem := same_grid(geometries[ref], geom)) is not None:
+            raise InputError(path, f"{problem} of the {files.channels[ref]} image {files.paths[ref].name}; expected all "
+                                   f"images of a case on one grid (or pass --register to register the series rigidly "
+                                   f"onto the {files.channels[ref]} and predict on its grid)")
+    return CaseInput(files.case_id, images, geometries[ref], list(files.channels), files.convention)
+
+
+def read_image(path: Path, channel: str, series: SeriesChoice) -> tuple[np.ndarray, Geometry]:
+    """One channel's image: a volume file, or the chosen series of a DICOM folder."""
+    bound, anywhere = series.for_channel(channel)
+    if Path(path).is_dir():
+        return read_series(path, bound, anywhere, channel)
+    if bound is not None:
+        raise InputError("--series", f"{channel}={bound} names a DICOM series, but the {channel} image {path} is a file, "
+                                     "not a DICOM folder; drop it or give the series' folder")
+    return read_volume(path)
+
+
+def _check_series_used(series: SeriesChoice, geometries: list[Geometry]) -> None:
+    """A --series UID that no folder holds is a typo, not something to ignore."""
+    read = {g.extra.get("series_uid") for g in geometries if g.source_format == "dicom"}
+    unused = sorted(uid for uid in series.anywhere if uid not in read)
+    if unused:
+        raise InputError("--series", f"{unused[0]} is not a series that was read; expected the UID of one series in a "
+                                     "folder of several (the error for that folder lists them)")
 
 
 def _case_id(path: Path) -> str:
     """'BraTS-001_t1.nii.gz' -> 'BraTS-001' (drops the extension and the channel token)."""
     import re
 
+    from brats_seg.ingest.layouts import channel_of
+
     stem = re.sub(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$", "", path.name, flags=re.I)
+    if channel_of(stem) and path.parent.name:  # 'P17/t1ce/' (a DICOM folder) or 'P17/t1.nii.gz': the patient's folder
+        return path.parent.name
     return re.sub(r"[_\-.](t1|t1ce|t1c|t1n|t1gd|t2|t2w|t2f|flair)$", "", stem, flags=re.I) or stem
 
 

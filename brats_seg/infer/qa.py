@@ -3,7 +3,9 @@
 Volumes are shown in RAS orientation (neurological: patient right on the right) with their true
 voxel aspect, cropped to the brain, so a reviewer sees the same anatomy whatever the file's
 orientation; planes pass through the tumour's centroid (the brain's centre when nothing was
-found). Matplotlib runs headless (Agg).
+found). The title gives the tumour volumes in mL (WT, TC, ET; infer.case_report). With an
+uncertainty map (`predict --tta --uncertainty`), a last row shows its maximum over the three regions
+(0 .. 0.5, the largest standard deviation a probability can have). Matplotlib runs headless (Agg).
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 3: (1.0, 0.85, 0.0)}  # NCR red, ED green, ET yellow
-NAMES = {1: "NCR", 2: "ED", 3: "ET"}
 PLANES = (("axial", 2), ("coronal", 1), ("sagittal", 0))
 
 
@@ -64,8 +65,10 @@ def _window(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geometry, title: str = "") -> Figure:
-    """A matplotlib Figure: one row per image (e.g. FLAIR, T1ce), columns axial, coronal, sagittal."""
+def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geometry, title: str = "",
+              uncertainty: np.ndarray | None = None) -> Figure:
+    """A matplotlib Figure: one row per image (e.g. FLAIR, T1ce), columns axial, coronal, sagittal;
+    plus a row for `uncertainty` ((3, X, Y, Z) TTA std of WT, TC, ET) when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +79,8 @@ def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geome
     box = _display_box(first, lab)
     lab = lab[box]
     centre = _centre(lab, first[box])
-    fig, axes = plt.subplots(len(images), 3, figsize=(9, 3.1 * len(images)), squeeze=False)
+    rows = len(images) + (uncertainty is not None)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3.1 * rows), squeeze=False)
     for row, (name, image) in enumerate(images.items()):
         vol = _canonical(np.asarray(image, dtype=np.float32), geometry)[0][box]
         lo, hi = _window(vol)
@@ -88,16 +92,35 @@ def qa_figure(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geome
             ax.imshow(_overlay(_plane(lab, axis, centre[axis])), origin="lower", aspect=aspect, interpolation="nearest")
             ax.set_title(f"{name} {plane}", fontsize=9)
             ax.axis("off")
-    counts = ", ".join(f"{NAMES[v]} {int((labels == v).sum())}" for v in NAMES)
-    fig.suptitle(f"{title}  (voxels: {counts}; NCR red, ED green, ET yellow)", fontsize=9)
+    if uncertainty is not None:
+        peak = _canonical(np.asarray(uncertainty, dtype=np.float32).max(axis=0), geometry)[0][box]
+        _uncertainty_row(axes[-1], peak, centre, spacing)
+    fig.suptitle(f"{title}  {volume_text(labels, geometry)}\n(NCR red, ED green, ET yellow)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
+def volume_text(labels: np.ndarray, geometry: Geometry) -> str:
+    """'WT 12.3 mL, TC 4.56 mL, ET 1.2 mL' of a canonical label map on its grid."""
+    from brats_seg.infer.case_report import volumes
+
+    found = volumes(labels, geometry.spacing)["volumes_ml"]
+    return ", ".join(f"{region} {ml:.3g} mL" for region, ml in found.items())
+
+
+def _uncertainty_row(axes, peak: np.ndarray, centre: tuple[int, int, int], spacing: np.ndarray) -> None:
+    for ax, (plane, axis) in zip(axes, PLANES):
+        h, v = [a for a in range(3) if a != axis]
+        ax.imshow(_plane(peak, axis, centre[axis]), cmap="magma", vmin=0.0, vmax=0.5, origin="lower",
+                  aspect=spacing[v] / spacing[h], interpolation="nearest")
+        ax.set_title(f"uncertainty {plane} (TTA std 0-0.5, max of WT/TC/ET)", fontsize=8)
+        ax.axis("off")
+
+
 def write_qa_png(labels: np.ndarray, images: dict[str, np.ndarray], geometry: Geometry, path: Path,
-                 title: str = "") -> Path:
+                 title: str = "", uncertainty: np.ndarray | None = None) -> Path:
     """Render `qa_figure` to a PNG atomically."""
-    return save_png(qa_figure(labels, images, geometry, title), path)
+    return save_png(qa_figure(labels, images, geometry, title, uncertainty), path)
 
 
 def qa_images(case) -> dict[str, np.ndarray]:

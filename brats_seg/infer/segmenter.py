@@ -3,19 +3,24 @@
     seg = Segmenter.from_run("runs/demo", threads=2)
     img = seg.segment("data/BraTS-001")              # nibabel image on the input's grid
     res = seg.predict({"t1": ..., "t1ce": ..., "t2": ..., "flair": ...}, probabilities=True)
+    res = Segmenter.from_run("runs/md", missing=("flair",), tta=True).predict(case, uncertainty=True)
 
 Per case: read -> the run's preprocessing in memory -> sliding window (Gaussian, brain-only
 windows, optional mirroring) -> back to the cropped grid (probabilities resampled, then
 thresholded) -> labels on the original grid -> post-processing. Labels are canonical inside
 (0 bg, 1 NCR, 2 ED, 3 ET) and written in the requested convention only at export.
+Missing sequences (infer.missing) are zero channels after normalisation; `uncertainty=True` adds the
+per-region TTA standard deviation on the original grid (infer.sliding_window.sliding_window_spread);
+the autocast dtype on CUDA is infer.precision's choice.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -23,10 +28,13 @@ import torch
 
 from brats_seg.errors import InputError
 from brats_seg.infer import export
+from brats_seg.infer.missing import check_model_allows, fill_missing, parse_missing, present_channels
 from brats_seg.infer.model_spec import ModelSpec
 from brats_seg.infer.postprocess import PostprocessConfig, postprocess
 from brats_seg.infer.prepare import CaseInput, from_case_dir, from_entry, from_files, prepare
-from brats_seg.infer.sliding_window import DEFAULT_GROW, network_predictor, sliding_window, window_for
+from brats_seg.infer.precision import NAMES as PRECISION_NAMES, inference_dtype
+from brats_seg.infer.sliding_window import (DEFAULT_GROW, network_predictor, sliding_window, sliding_window_spread,
+                                            window_for)
 from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM, Geometry
 from brats_seg.io.regions import activate, background_fill, probabilities_to_labels
 
@@ -41,6 +49,9 @@ class Segmentation:
     probabilities: np.ndarray | None  # (K, X, Y, Z) float32, or None
     timings: dict[str, float]
     inputs: CaseInput | None = None  # the images as read (for QA pictures)
+    uncertainty: np.ndarray | None = None  # (3, X, Y, Z) float32 TTA std of WT, TC, ET, or None
+    missing: tuple[str, ...] = ()  # channels predicted without (zero-filled)
+    sections: dict = field(default_factory=dict)  # extra case-JSON sections (e.g. "registration")
 
     def mask_image(self, convention: str | None = None) -> nib.Nifti1Image:
         return export.mask_image(self.labels, self.geometry, convention or self.label_convention)
@@ -49,6 +60,15 @@ class Segmentation:
         if self.probabilities is None:
             raise ValueError("probabilities were not kept; call predict(..., probabilities=True)")
         return export.probability_image(self.probabilities, self.geometry)
+
+    def report(self, mask: str, convention: str | None = None, uncertainty_map: str | None = None,
+               model: Mapping | None = None) -> dict:
+        """The case JSON's content (infer.case_report): volumes, missing channels, uncertainty scores."""
+        from brats_seg.infer.case_report import case_report
+
+        return case_report(self.case_id, self.labels, self.geometry.spacing, mask,
+                           convention or self.label_convention, self.missing, self.uncertainty,
+                           uncertainty_map, model)
 
 
 class Segmenter:
@@ -65,20 +85,27 @@ class Segmenter:
     falls back to its slow im2col path for a single small window: measured 0.14 s for one 32^3
     window against 0.06 s for two, one thread) and 1 above (large windows take the fast path
     alone, and a second one costs ~0.6 GB at 128^3 for little gain).
+    amp: autocast on CUDA ('auto' follows the dtype the model trained in; infer.precision);
+    missing: channels given no image, zero-filled (only for a model trained with modality dropout).
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
                  overlap: float = 0.5, tta: bool = False, mirror_axes: tuple[int, ...] | None = None,
-                 batch_size: int | None = None, postprocess: PostprocessConfig | None = None, amp: bool = False,
+                 batch_size: int | None = None, postprocess: PostprocessConfig | None = None, amp: str = "auto",
                  channels_last: bool = False, grow: float = DEFAULT_GROW, max_voxels: int | None = None,
-                 spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM) -> None:
+                 spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM, missing: Sequence[str] = ()) -> None:
         self.device = _check_device(device)
+        self.missing = parse_missing(",".join(missing), spec.channels) if missing else ()
+        check_model_allows(self.missing, spec.modality_dropout, spec.identity.get("checkpoint", "the model"))
+        self.autocast = inference_dtype(amp, self.device, spec.amp_dtype)
+        if self.device.type == "cuda":  # fixed window shapes: cuDNN's autotuner picks once per shape
+            torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device).eval()
         self.spec = spec
         axes = tuple(mirror_axes) if mirror_axes is not None else ((0, 1, 2) if tta else ())
         self.window = window_for(model, spec.patch_size, overlap, batch_size, axes, grow)
         self.postprocess = postprocess or PostprocessConfig()
-        self.amp, self.channels_last = amp and self.device.type == "cuda", channels_last
+        self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.max_voxels, self.spacing_range = max_voxels, tuple(spacing_range)
@@ -99,33 +126,69 @@ class Segmenter:
         """The settings that decide the output (recorded in manifests, part of the skip check)."""
         return {"overlap": self.window.overlap, "mirror_axes": list(self.window.mirror_axes), "grow": self.window.grow,
                 "patch_size": list(self.window.patch_size), "spacing": self.spec.spacing,
-                "postprocess": self.postprocess.to_dict(), "mode": self.spec.mode}
+                "postprocess": self.postprocess.to_dict(), "mode": self.spec.mode, "missing": list(self.missing),
+                "precision": PRECISION_NAMES[self.autocast]}
 
     def segment(self, source: Any, label_convention: str | None = None, root: Path | None = None) -> nib.Nifti1Image:
         """The mask as a nibabel image on the input's grid, in `label_convention` (default: the input's)."""
         return self.predict(source, root=root).mask_image(label_convention)
 
     def predict(self, source: Any, probabilities: bool = False, root: Path | None = None,
-                keep_inputs: bool = False) -> Segmentation:
-        """`source`: {channel: path}, a case folder, a raw-manifest entry (with `root`), or a CaseInput."""
+                keep_inputs: bool = False, uncertainty: bool = False) -> Segmentation:
+        """`source`: {channel: path}, a case folder, a raw-manifest entry (with `root`), or a CaseInput
+        (of the present channels; a missing one is neither needed nor read)."""
+        if uncertainty and not self.window.mirror_axes:
+            raise InputError("--uncertainty", "needs --tta: the map is the spread of the mirrored passes")
         clock = _Clock()
-        case = self._resolve(source, root)
+        case = self._present(self._resolve(source, root))
         clock.lap("read_s")
         image, entry = prepare(case, self.spec.spacing, self.max_voxels)
+        image = fill_missing(image, case.channels, self.spec.channels)
         volume = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         clock.lap("preprocess_s")
-        probs = sliding_window(volume, self._forward, self.window, fill=self._fill(), activation=self._activate)
+        probs, std = self._tile(volume, uncertainty)
         del volume
         self._check_finite(probs, case.case_id)
         clock.lap("network_s")
         labels, probs_orig = self._restore(probs, entry, probabilities)
         labels = postprocess(labels, float(np.prod(case.geometry.spacing)), self.postprocess)
+        std = None if std is None else self._std_to_original(std, entry)
         clock.lap("restore_s")
         return Segmentation(case.case_id, labels, case.geometry, case.label_convention, probs_orig,
-                            clock.timings(), case if keep_inputs else None)
+                            clock.timings(), case if keep_inputs else None, std, self.missing)
+
+    def _tile(self, volume: torch.Tensor, uncertainty: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(probabilities, None) or, with uncertainty, (probabilities, (3, ...) TTA std of WT, TC, ET)."""
+        if not uncertainty:
+            return sliding_window(volume, self._forward, self.window, fill=self._fill(), activation=self._activate), None
+        return sliding_window_spread(volume, self._forward, self.window, self._region_probabilities,
+                                     fill=self._fill(), activation=self._activate)
+
+    def _region_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K, ...) logits of one pass -> (B, 3, ...) WT, TC, ET probabilities, whatever the mode."""
+        if self.spec.mode == "regions":
+            return torch.sigmoid(logits)
+        p = torch.softmax(logits, dim=1)  # labels 0 bg, 1 NCR, 2 ED, 3 ET
+        return torch.stack([1.0 - p[:, 0], p[:, 1] + p[:, 3], p[:, 3]], dim=1)
+
+    def _std_to_original(self, std: torch.Tensor, entry: dict) -> np.ndarray:
+        from brats_seg.preprocess import inverse
+
+        return inverse.probabilities_to_original(std.cpu().numpy(), entry, 0.0).astype(np.float32, copy=False)
+
+    def _present(self, case: CaseInput) -> CaseInput:
+        """The case with exactly the present channels, in the model's order."""
+        keep = present_channels(self.spec.channels, self.missing)
+        if case.channels == keep:
+            return case
+        lacking = [c for c in keep if c not in case.channels]
+        if lacking:
+            raise InputError(case.case_id, f"has no images for channels {lacking}; the model expects {keep}")
+        return dataclasses.replace(case, images=[case.channel(c) for c in keep], channels=keep,
+                                   inputs_sha256={c: v for c, v in case.inputs_sha256.items() if c in keep})
 
     def _resolve(self, source: Any, root: Path | None) -> CaseInput:
-        channels = list(self.spec.channels)
+        channels = present_channels(self.spec.channels, self.missing)
         if isinstance(source, CaseInput):
             return source
         if isinstance(source, (str, Path)):
@@ -153,7 +216,8 @@ class Segmenter:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a batch of windows: logits (B, K, *patch), float32."""
-        amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.amp else contextlib.nullcontext
+        dtype = self.autocast
+        amp = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else contextlib.nullcontext
         layout = torch.channels_last_3d if self.channels_last else None
         return network_predictor(self.model, amp, layout)(x)
 

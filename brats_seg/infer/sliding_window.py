@@ -7,6 +7,11 @@ float32 on the cropped volume only. Window placement follows nnU-Net: per axis,
 n = ceil((size - patch) / (patch * (1 - overlap))) + 1 starts spread evenly from 0 to size - patch.
 `window_for` and `network_predictor` are the settings and forward predict uses; validation
 (seg3d/validate.py) uses them too, so the best checkpoint is picked with predict's tiler.
+`sliding_window_spread` also returns how much the mirrored passes (and overlapping windows)
+disagree: the weighted standard deviation of their probabilities, from two running sums
+(sum of w*p and of w*p^2), so memory does not grow with the number of mirrored copies. The sums
+are float64: E[p^2] - E[p]^2 in float32 loses ~1e-7 to cancellation, which the square root turns
+into a false std of ~3e-4 where every pass agrees (measured on a mirror-symmetric network).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *patch) -> (B, K, *patch)
+Spread = Callable[[torch.Tensor], torch.Tensor]  # logits (B, K, *patch) -> probabilities (B, R, *patch)
 Start = tuple[int, int, int]
 DEFAULT_GROW = 0.1  # predict's default: an axis up to 10% longer than the patch gets one window
 
@@ -149,59 +155,117 @@ def sliding_window(image: torch.Tensor, predict: Predictor, cfg: WindowConfig,
     get `fill` after the activation (0 for sigmoid regions; [1, 0, 0, 0] for softmax labels).
     Volumes smaller than the window are zero-padded around.
     """
+    return _tile(image, predict, cfg, fill, activation, None)[0]
+
+
+def sliding_window_spread(image: torch.Tensor, predict: Predictor, cfg: WindowConfig, spread: Spread,
+                          fill: float | Sequence[float] = 0.0,
+                          activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sliding_window's output, (R, X, Y, Z) standard deviation of `spread`(logits) over every
+    mirrored pass of every window covering a voxel, Gaussian-weighted like the blend; 0 where no
+    window reaches). The mean prediction is exactly sliding_window's."""
+    probs, std = _tile(image, predict, cfg, fill, activation, spread)
+    return probs, std
+
+
+def _tile(image: torch.Tensor, predict: Predictor, cfg: WindowConfig, fill: float | Sequence[float],
+          activation: Callable[[torch.Tensor], torch.Tensor] | None,
+          spread: Spread | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     with torch.inference_mode():
         window = window_size(image.shape[1:], cfg)
         padded, pads = _pad_to_patch(image, window)
         brain = (padded != 0).any(dim=0) if cfg.brain_only else None
         starts = place_windows(padded.shape[1:], cfg, brain, window)
         del brain
-        total, weight = _accumulate(padded, starts, predict, cfg, window)
+        sums = _accumulate(padded, starts, predict, cfg, window, spread)
         del padded
-        crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape[1:]))
-        total, weight = total[(slice(None),) + crop], weight[crop]
+        crop = (slice(None),) + tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, image.shape[1:]))
+        total, weight = sums.total[crop], sums.weight[crop[1:]]
         covered = weight > 0
-        total /= torch.where(covered, weight, torch.ones_like(weight))
+        safe = torch.where(covered, weight, torch.ones_like(weight))
+        total /= safe
         if activation is not None:
             total = activation(total)
         fill_t = torch.as_tensor(fill, dtype=total.dtype, device=total.device).reshape(-1, 1, 1, 1)
-        return torch.where(covered, total, fill_t.expand_as(total))
+        std = None
+        if spread is not None:
+            std = _std(sums.first[crop], sums.second[crop], sums.weight64[crop[1:]].clamp_min(1e-30), covered)
+        return torch.where(covered, total, fill_t.expand_as(total)), std
+
+
+def _std(first: torch.Tensor, second: torch.Tensor, weight: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """sqrt(E[p^2] - E[p]^2) from the weighted sums, in place; clamped at 0 (rounding), 0 uncovered."""
+    first /= weight
+    second /= weight
+    second -= first.square_()
+    return second.clamp_min_(0.0).sqrt_().mul_(covered).float()
+
+
+@dataclass
+class _Sums:
+    """The running sums of one tiling: weighted logits and weights, and (with a spread) the
+    weighted first and second moments of the spread's probabilities."""
+
+    total: torch.Tensor
+    weight: torch.Tensor
+    first: torch.Tensor | None = None
+    second: torch.Tensor | None = None
+    weight64: torch.Tensor | None = None  # the weights again in float64, to normalise the moments
 
 
 def _accumulate(padded: torch.Tensor, starts: list[Start], predict: Predictor, cfg: WindowConfig,
-                window: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                window: tuple[int, int, int], spread: Spread | None = None) -> _Sums:
     """Sum of weighted predictions and of weights over the windows, in float32."""
     gauss = gaussian_importance(window, cfg.sigma_scale, padded.device)
-    weight = torch.zeros(padded.shape[1:], dtype=torch.float32, device=padded.device)
-    total = None
+    shape, device = tuple(padded.shape[1:]), padded.device
+    sums = None
     flips = mirror_sets(cfg.mirror_axes)
     for i in range(0, len(starts), cfg.batch_size):
         batch = starts[i:i + cfg.batch_size]
         x = torch.stack([padded[(slice(None),) + _slices(s, window)] for s in batch])
-        y = _predict_mirrored(predict, x, flips)
-        if total is None:
-            total = torch.zeros((y.shape[1],) + tuple(padded.shape[1:]), dtype=torch.float32, device=padded.device)
-        y *= gauss
-        for s, pred in zip(batch, y):
-            region = _slices(s, window)
-            total[(slice(None),) + region] += pred
-            weight[region] += gauss
-    return total, weight
+        y, q1, q2 = _predict_mirrored(predict, x, flips, spread)
+        if sums is None:
+            zeros = lambda k: torch.zeros((k,) + shape, dtype=torch.float32, device=device)  # noqa: E731
+            sums = _Sums(zeros(y.shape[1]), torch.zeros(shape, dtype=torch.float32, device=device))
+            if spread is not None:
+                sums.first, sums.second = zeros(q1.shape[1]).double(), zeros(q1.shape[1]).double()
+                sums.weight64, gauss64 = zeros(1)[0].double(), gauss.double()
+        for j, s in enumerate(batch):
+            region = (slice(None),) + _slices(s, window)
+            sums.total[region] += y[j] * gauss
+            sums.weight[region[1:]] += gauss
+            if spread is not None:
+                sums.first[region] += q1[j] * gauss64
+                sums.second[region] += q2[j] * gauss64
+                sums.weight64[region[1:]] += gauss64
+    return sums
 
 
-def _predict_mirrored(predict: Predictor, x: torch.Tensor, flips: list[tuple[int, ...]]) -> torch.Tensor:
-    """Mean of predict over the mirrored copies of the batch, each flipped back (float32)."""
-    out = None
+def _predict_mirrored(predict: Predictor, x: torch.Tensor, flips: list[tuple[int, ...]],
+                      spread: Spread | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Mean of predict over the mirrored copies of the batch, each flipped back (float32); with a
+    spread, also the mean of spread(prediction) and of its square over the copies (float64)."""
+    out = q1 = q2 = None
     for axes in flips:
         dims = [2 + a for a in axes]
         y = predict(torch.flip(x, dims) if dims else x).float()
         y = torch.flip(y, dims) if dims else y
+        if spread is not None:
+            q = spread(y).double()
+            q1 = q.clone() if q1 is None else q1.add_(q)
+            q2 = q.square() if q2 is None else q2.addcmul_(q, q)
         if out is None:  # a copy when more passes follow: predict may return (a view of) its input
             out = y.clone() if len(flips) > 1 else y
         else:
             out.add_(y)
     if len(flips) > 1:
         out /= len(flips)
-    return out
+        if spread is not None:
+            q1 /= len(flips)
+            q2 /= len(flips)
+    return out, q1, q2
 
 
 def _slices(start: Start, patch: Sequence[int]) -> tuple[slice, slice, slice]:

@@ -13,6 +13,8 @@ Naming rule (BraTS layouts): a file name without its extension is split into tok
   t1c, t1gd), t2 (t2, t2w), flair (flair, t2f);
 - any other volume file, or one of a channel not asked for (--channels), is ignored and listed in
   the case's warnings.
+A DICOM series folder counts as a volume file of its case folder, named like one
+(`<case>/t1ce/`, `<case>/<case>_flair/`, each holding one series' slices); see io.dicom.
 MSD label maps are the `label` of each dataset.json entry; nnU-Net's are `labelsTr/<case><ending>`.
 Symlinks inside a source (case folders, files) are followed; a broken or looping one is refused.
 Case ids (folder names for BraTS layouts) have at most MAX_CASE_ID characters.
@@ -26,6 +28,7 @@ from pathlib import Path
 from brats_seg.contracts.dataset_json import DatasetJson, read_dataset_json
 from brats_seg.errors import InputError
 from brats_seg.io.labels import convention_from_dataset_json
+from brats_seg.io.dicom import is_dicom_folder
 from brats_seg.io.volume import volume_format
 
 BRATS_CHANNELS = ("t1", "t1ce", "t2", "flair")
@@ -121,7 +124,8 @@ def _listing(folder: Path) -> list[Path]:
 
 
 def _volume_files(folder: Path) -> list[Path]:
-    return [p for p in _listing(folder) if volume_format(p) and not p.is_dir()]
+    """Volume files and DICOM series folders (a case's images may be either)."""
+    return [p for p in _listing(folder) if (volume_format(p) and not p.is_dir()) or is_dicom_folder(p)]
 
 
 def _case_folders(src: Path) -> list[Path]:
@@ -132,8 +136,8 @@ def _discover_folders(src: Path, layout: str, channels: tuple[str, ...]) -> list
     folders = [src] if _volume_files(src) else _case_folders(src)
     cases = [spec for folder in folders if (spec := _folder_case(src, folder, layout, channels)) is not None]
     if not cases:
-        raise InputError(src, "no case folders with NIfTI/NRRD/MHA files found; expected "
-                              "<case>/<case>_{t1,t1ce,t2,flair}.nii.gz")
+        raise InputError(src, "no case folders with NIfTI/NRRD/MHA files or DICOM series folders found; expected "
+                              "<case>/<case>_{t1,t1ce,t2,flair}.nii.gz or <case>/{t1,t1ce,t2,flair}/ DICOM folders")
     return cases
 
 

@@ -42,13 +42,15 @@ def check_single_convention(path: Path, values: set[int]) -> None:
     """3 (BraTS 2023 ET) and 4 (BraTS 2021 ET) together belong to no convention."""
     if {3, 4} <= values:
         raise InputError(path, f"label values {sorted(values)} mix conventions (3 and 4 together); "
-                               "expected BraTS 2021 {0,1,2,4} or BraTS 2023 {0,1,2,3}")
+                               "expected BraTS 2021 {0,1,2,4} or BraTS 2023 {0,1,2,3}, or declare BraTS 2024 "
+                               "post-treatment labels (4 = resection cavity) with --labels brats2024")
 
 
 def check_label_values(path: Path, values: set[int], convention: str) -> None:
     """Every value is a label of `convention`."""
-    check_single_convention(path, values)
     allowed = allowed_values(convention)
+    if not {3, 4} <= allowed:  # BraTS 2024 post-treatment holds both: 3 ET, 4 resection cavity
+        check_single_convention(path, values)
     if not values <= allowed:
         extra = sorted(values - allowed)
         raise InputError(path, f"label values {extra} are outside the {convention} convention; expected {sorted(allowed)}")

@@ -2,7 +2,12 @@
 
 Canonical: 0 background, 1 NCR (necrotic / non-enhancing core), 2 ED (edema), 3 ET (enhancing).
 Regions: WT = {1,2,3} (whole tumour), TC = {1,3} (tumour core), ET = {3} (enhancing tumour).
-On disk: BraTS 2018-2021 {0,1,2,4}; BraTS 2023 {0,1,2,3}; MSD Task01 1 edema, 2 non-enhancing, 3 enhancing.
+On disk: BraTS 2018-2021 {0,1,2,4}; BraTS 2023 {0,1,2,3}; MSD Task01 1 edema, 2 non-enhancing, 3 enhancing;
+BraTS 2024 adult glioma post-treatment {0,1,2,3,4}: 1 NETC (non-enhancing tumour core), 2 SNFH (surrounding
+FLAIR hyperintensity), 3 ET (enhancing tissue), 4 RC (resection cavity). The 2024 challenge keeps WT = 1,2,3,
+TC = 1,3, ET = 3: the cavity belongs to no tumour region, so it reads as canonical background and is scored
+as a region of its own (EXTRA_REGIONS). Its values overlap BraTS 2021's (4) and 2023's (3), so it is never
+guessed from the values: a dataset declares it.
 """
 from __future__ import annotations
 
@@ -13,8 +18,11 @@ TO_CANONICAL: dict[str, dict[int, int]] = {
     "brats2021": {0: 0, 1: 1, 2: 2, 4: 3},
     "brats2023": {0: 0, 1: 1, 2: 2, 3: 3},
     "msd": {0: 0, 1: 2, 2: 1, 3: 3},
+    "brats2024": {0: 0, 1: 1, 2: 2, 3: 3, 4: 0},  # 4: resection cavity, in no tumour region
 }
 CONVENTIONS = tuple(TO_CANONICAL)
+# disk labels that are no canonical class: region name -> disk value, scored beside WT, TC, ET
+EXTRA_REGIONS: dict[str, dict[str, int]] = {"brats2024": {"RC": 4}}
 CANONICAL_NAMES = {0: "background", 1: "NCR", 2: "ED", 3: "ET"}
 NUM_LABELS = len(CANONICAL_NAMES)
 
@@ -31,6 +39,19 @@ def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def allowed_values(convention: str) -> set[int]:
     return set(TO_CANONICAL[convention])
+
+
+def extra_region_names(*conventions: str | None) -> tuple[str, ...]:
+    """The regions beyond WT, TC, ET that any of `conventions` can express (BraTS 2024: RC)."""
+    names = [n for c in conventions if c for n in EXTRA_REGIONS.get(c, {})]
+    return tuple(dict.fromkeys(names))
+
+
+def extra_region_mask(labels: np.ndarray, convention: str, name: str) -> np.ndarray:
+    """Boolean mask of region `name` (e.g. RC) in disk labels; all False where the convention has no such label."""
+    value = EXTRA_REGIONS.get(convention, {}).get(name)
+    labels = np.asarray(labels)
+    return labels == value if value is not None else np.zeros(labels.shape, bool)
 
 
 def guess_convention(values: set[int], layout_default: str) -> str | None:
@@ -91,21 +112,25 @@ def canonical_with_counts(labels: np.ndarray, convention: str, order: str = "K")
     out = np.zeros(labels.shape, dtype=np.uint8, order="F" if order == "F" else "C")
     if order == "K" and labels.flags.f_contiguous and not labels.flags.c_contiguous:
         out = np.asfortranarray(out)
-    counts = [0, 0, 0, 0]
+    counts, known = [0] * NUM_LABELS, 0
     for src, dst in TO_CANONICAL[convention].items():
         if src == 0:
             continue
         hit = labels == src
-        counts[dst] = int(np.count_nonzero(hit))
-        if counts[dst]:
+        found = int(np.count_nonzero(hit))
+        known += found
+        if dst and found:  # dst 0: a non-tumour label (BraTS 2024's cavity) stays background
+            counts[dst] += found
             np.copyto(out, np.uint8(dst), where=hit)
-    counts[0] = labels.size - sum(counts)
-    if counts[0] != labels.size - np.count_nonzero(labels):
+    if known != np.count_nonzero(labels):
         raise ValueError(f"labels outside the {convention} convention")
+    counts[0] = labels.size - sum(counts)
     return out, counts
 
 
 def from_canonical(labels: np.ndarray, convention: str) -> np.ndarray:
-    """Canonical labels -> the requested on-disk convention (uint8)."""
-    inverse = {dst: src for src, dst in TO_CANONICAL[convention].items()}
+    """Canonical labels -> the requested on-disk convention (uint8); background is written as 0."""
+    inverse: dict[int, int] = {}
+    for src, dst in TO_CANONICAL[convention].items():
+        inverse.setdefault(dst, src)  # the first disk value of a class: 0, never BraTS 2024's cavity
     return lookup_table(inverse)[np.asarray(labels).astype(np.int64)]

@@ -1,6 +1,7 @@
 """Read any supported volume fully into memory (never lazily), with the geometry it sits on.
 
-NIfTI goes through nibabel; NRRD and MHA/MHD through SimpleITK (LPS world converted to RAS).
+NIfTI goes through nibabel; NRRD and MHA/MHD through SimpleITK (LPS world converted to RAS); a
+folder is a DICOM series (io.dicom, SimpleITK's GDCM reader, the same LPS -> RAS path).
 Every failure a user can cause becomes an InputError naming the file. Writing NIfTI back on a
 geometry is io.nifti.
 """
@@ -34,8 +35,13 @@ def volume_format(path: Path) -> str | None:
 
 
 def read_volume(path: Path, allow_4d: bool = False) -> tuple[np.ndarray, Geometry]:
-    """Return (array in file axis order, geometry). 4D arrays only with allow_4d (channels last)."""
+    """Return (array in file axis order, geometry). 4D arrays only with allow_4d (channels last).
+    A folder is a DICOM series (io.dicom; a folder of several series needs its --series choice)."""
     path = Path(path)
+    if path.is_dir():
+        from brats_seg.io.dicom import read_series
+
+        return read_series(path)
     if not path.is_file():
         raise InputError(path, "file not found")
     if path.stat().st_size == 0:
@@ -193,6 +199,10 @@ def read_volume_verified(path: Path, sha256: str, allow_4d: bool = False) -> tup
     import hashlib
 
     path = Path(path)
+    if path.is_dir():  # a DICOM series folder: its sha256 is that of its slices (io.dicom.series_sha256)
+        from brats_seg.io.dicom import read_series_verified
+
+        return read_series_verified(path, sha256)
     if not path.is_file():
         raise InputError(path, "file not found; expected the file the manifest lists (moved or deleted?)")
     blob = path.read_bytes()

@@ -50,10 +50,20 @@ def is_done(case: dict, root: Path, out_dir: Path, cfg_sha: str) -> dict | None:
 def _inputs_unchanged(case: dict, root: Path) -> bool:
     records = [case["images"][c] for c in case["channels"]] + ([case["seg"]] if case.get("seg") else [])
     try:
-        return all(sha256_file(resolve_inside(root, r["path"], case["id"], case.get("links"))) == r["sha256"]
+        return all(_record_unchanged(resolve_inside(root, r["path"], case["id"], case.get("links")), r)
                    for r in records)
     except (OSError, InputError):
         return False
+
+
+def _record_unchanged(path: Path, record: dict) -> bool:
+    """A file by its sha256; a DICOM series folder by its slices' (InputError when they changed)."""
+    if path.is_dir():
+        from brats_seg.io.dicom import read_series_verified
+
+        read_series_verified(path, record["sha256"], record.get("series_uid"))
+        return True
+    return sha256_file(path) == record["sha256"]
 
 
 def _outputs_verify(entry: dict, out_dir: Path) -> bool:

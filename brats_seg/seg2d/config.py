@@ -193,6 +193,11 @@ def _check_rest(cfg: Config2D) -> None:
     loss = cfg.loss
     require(loss.ce_weight + loss.dice_weight > 0, "loss.ce_weight", f"got ce_weight {loss.ce_weight:g} and "
             f"dice_weight {loss.dice_weight:g}; expected ce_weight + dice_weight > 0")
+    # An auxiliary head outside the loss gets no gradient: DDP then fails at step 2 (a parameter
+    # that took no part in the loss), and on one process it only costs time.
+    require(not (cfg.model.aux and loss.aux_weight == 0), "model.aux",
+            "true with loss.aux_weight 0 leaves the auxiliary head without a gradient (DDP fails at step 2); "
+            "set loss.aux_weight > 0 (0.4 is usual) or model.aux false")
     check_loop_sections(cfg.train, cfg.optim)
 
 

@@ -11,7 +11,7 @@ import contextlib
 import csv
 import io
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,19 @@ def load_model_2d(path: Path, device: str | torch.device = "cpu") -> tuple[torch
     return load_inference_model(Path(path), device, task="2d")
 
 
+@contextlib.contextmanager
+def no_cudnn_autotune() -> Iterator[None]:
+    """cudnn.benchmark off, restored after: autotuning runs again for every new input shape, and
+    full images (validation, predict) bring a new shape almost every time, so it costs more than
+    it gains there; training on fixed crops keeps it."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 @torch.no_grad()
 def predict_logits_2d(model: torch.nn.Module, image: torch.Tensor, eval_scale: float = 1.0,
                       autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
@@ -37,7 +50,7 @@ def predict_logits_2d(model: torch.nn.Module, image: torch.Tensor, eval_scale: f
     if eval_scale != 1.0:
         scaled = (max(1, round(size[0] * eval_scale)), max(1, round(size[1] * eval_scale)))
         x = F.interpolate(image, size=scaled, mode="bilinear", align_corners=False, antialias=eval_scale < 1)
-    with autocast():
+    with autocast(), no_cudnn_autotune():
         out = model(x)
     out = (out["out"] if isinstance(out, dict) else out).float()
     if out.shape[-2:] != size:

@@ -9,6 +9,7 @@ Exit codes as for 3D: 0 done, 2 bad input, 75 stopped by SIGTERM after a checkpo
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +18,7 @@ import torch
 from brats_seg.engine.distributed import DistInfo
 from brats_seg.engine.loop import train
 from brats_seg.engine.metrics_log import Curves
+from brats_seg.engine.runtime import amp_name
 from brats_seg.engine.session import Session
 from brats_seg.engine.state import TrainState
 from brats_seg.engine.task import Built, DataRecord, Task
@@ -72,7 +74,7 @@ def task_2d(cfg: Config2D, data: Data2D, info: DistInfo) -> Task:
                 "val_mean_class_accuracy": result["mean_class_accuracy"],
                 "val_iou_per_class": dict(zip(meta.class_names, result["iou_per_class"]))}
 
-    return Task(name="2d", cfg=cfg, data=record, build=lambda fresh: build_2d(cfg, data, teacher, fresh),
+    return Task(name="2d", cfg=cfg, data=record, build=lambda fresh: build_2d(cfg, data, teacher, fresh, info.device),
                 dataset=lambda world_size: TrainStream(data.train, cfg.seed, world_size),
                 validate=validate_2d if data.val is not None else None, score_key="val_miou",
                 epoch_text=epoch_text, curves=CURVES, spatial_dims=2, legacy_hashes=(legacy_config_hash(cfg),))
@@ -87,10 +89,11 @@ def load_teacher(path: str, data: Data2D, device: torch.device) -> torch.nn.Modu
     return teacher
 
 
-def build_2d(cfg: Config2D, data: Data2D, teacher: torch.nn.Module | None, fresh: bool) -> Built:
-    """The student (ImageNet backbone weights on a fresh run only), its loss, its metadata, and
-    the teacher beside it in training when distilling."""
-    meta = model_meta_2d(cfg, data)
+def build_2d(cfg: Config2D, data: Data2D, teacher: torch.nn.Module | None, fresh: bool,
+             device: torch.device = torch.device("cpu")) -> Built:
+    """The student (ImageNet backbone weights on a fresh run only), its loss, its metadata (with
+    the AMP dtype training on `device` autocasts to), and the teacher beside it when distilling."""
+    meta = replace(model_meta_2d(cfg, data), amp_dtype=amp_name(cfg.train.amp, device))
     model = build_model_2d(cfg.model, meta, load_pretrained=fresh)
     lc = cfg.loss
     loss_fn = Seg2DLoss(lc.ce_weight, lc.dice_weight, lc.aux_weight, meta.ignore_index,

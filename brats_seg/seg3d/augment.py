@@ -5,7 +5,9 @@ Spatial: rotation about each axis and isotropic scaling become one 3x3 matrix th
 reader applies while reading (patches.warped_patch), so a rotated patch costs one interpolation of
 a bounding box, never a whole volume. Intensity (per channel, vectorised over the patch):
 multiplicative brightness, contrast about the mean, gamma on the [0, 1]-rescaled range, Gaussian
-noise. Mirroring last (views, then one contiguous copy).
+noise, then modality dropout (augment.modality_dropout: the sample loses one or more channels,
+never all, set to 0 as a z-scored channel's mean is, which is what `predict --missing` feeds the
+network for a sequence that was not acquired). Mirroring last (views, then one contiguous copy).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def draw_spatial(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | N
 
 
 def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Brightness, contrast, gamma and noise on a float32 (C, X, Y, Z) patch, in place."""
+    """Brightness, contrast, gamma, noise and modality dropout on a float32 (C, X, Y, Z) patch, in place."""
     if not cfg.enabled:
         return image
     n = image.shape[0]
@@ -60,7 +62,23 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentC
     if rng.random() < cfg.noise_prob:
         sigma = np.float32(rng.uniform(0.0, cfg.noise_std))
         flat += rng.standard_normal(flat.shape, dtype=np.float32) * sigma
+    drop_modalities(image, rng, cfg.modality_dropout)
     return image
+
+
+def drop_modalities(image: np.ndarray, rng: np.random.Generator, prob: float) -> tuple[int, ...]:
+    """With probability `prob`, zero a random non-empty proper subset of the channels, in place;
+    returns the channels zeroed. Last of the intensity steps, so no noise or contrast shift brings a
+    dropped channel back from the exact 0 that inference feeds for a missing sequence. Each of the
+    2**C - 2 subsets (never none, never all) is equally likely. Draws nothing when prob is 0, so a
+    run without dropout keeps the sample stream it had before the option existed."""
+    n = image.shape[0]
+    if prob <= 0 or n < 2 or rng.random() >= prob:
+        return ()
+    code = int(rng.integers(1, 2**n - 1))  # a bit per channel: 1 .. 2**n - 2 is never none nor all
+    dropped = tuple(c for c in range(n) if code >> c & 1)
+    image[list(dropped)] = 0.0
+    return dropped
 
 
 def _gamma(flat: np.ndarray, gammas: np.ndarray) -> None:

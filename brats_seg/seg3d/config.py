@@ -61,6 +61,9 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_prob: float = 0.1
     noise_std: float = 0.1
+    # probability that a sample loses one or more channels (never all), zero-filled as after
+    # z-scoring; a model trained with it accepts `predict --missing` (recorded in its metadata)
+    modality_dropout: float = 0.0
 
 
 @dataclass
@@ -100,7 +103,7 @@ RANGES_3D: dict[str, Range] = {
     "augment.scale_prob": _PROB, "augment.scale_range": _FACTOR, "augment.brightness_prob": _PROB,
     "augment.brightness_range": _FACTOR, "augment.contrast_prob": _PROB, "augment.contrast_range": _FACTOR,
     "augment.gamma_prob": _PROB, "augment.gamma_range": _FACTOR, "augment.noise_prob": _PROB,
-    "augment.noise_std": at_least(0),
+    "augment.noise_std": at_least(0), "augment.modality_dropout": within(0, 1, high_open=True),
     "validation.every_epochs": at_least(1), "validation.overlap": within(0, 1, high_open=True),
     "validation.sw_batch_size": within(1, 4096), "validation.max_cases": at_least(0),
 }
@@ -124,4 +127,7 @@ def check_config(cfg: Config3D) -> None:
     loss = cfg.loss
     require(loss.dice_weight + loss.ce_weight > 0, "loss.dice_weight", f"got dice_weight {loss.dice_weight:g} and "
             f"ce_weight {loss.ce_weight:g}; expected dice_weight + ce_weight > 0")
+    require(cfg.augment.enabled or cfg.augment.modality_dropout == 0, "augment.modality_dropout",
+            f"got {cfg.augment.modality_dropout:g} with augment.enabled false; expected augment.enabled true "
+            "(dropout is an augmentation) or augment.modality_dropout 0")
     check_loop_sections(cfg.train, cfg.optim)

@@ -7,6 +7,7 @@ r, r+W, r+2W, ... so ranks see disjoint slots of the same sequence (DistributedS
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,12 +24,14 @@ class PatchDataset(Dataset):
 
     def __init__(self, root: Path, entries: list[dict], patch_size: tuple[int, int, int],
                  fg_fraction: float, augment: AugmentConfig | None, seed: int, world_size: int = 1,
-                 outside: float = 0.0) -> None:
+                 outside: float = 0.0, warp: Callable = warped_patch) -> None:
+        """`warp` reads a rotated or zoomed patch (patches.warped_patch; `bench train` swaps in the
+        reference it is measured against)."""
         if not entries:
             raise ValueError("PatchDataset needs at least one case")
         self.cases = CaseCache(root, entries)
         self.patch, self.fg_fraction, self.augment = tuple(patch_size), fg_fraction, augment
-        self.seed, self.world_size, self.outside = seed, world_size, outside
+        self.seed, self.world_size, self.outside, self.warp = seed, world_size, outside, warp
         self._perm_key: tuple[int, int] | None = None
         self._perm = np.arange(len(entries))
 
@@ -55,7 +58,7 @@ class PatchDataset(Dataset):
         if matrix is None:
             image, label = crop_patch(case, centre, self.patch)
         else:
-            image, label = warped_patch(case, centre, matrix, self.patch)
+            image, label = self.warp(case, centre, matrix, self.patch)
         if self.augment:
             image = augment_intensity(image, rng, self.augment)
             image, label = random_flip(image, label, rng, self.augment)

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from brats_seg.io.regions import labels_to_regions, squeeze_labels
+from brats_seg.io.labels import NUM_LABELS, REGIONS
+from brats_seg.io.regions import squeeze_labels
 
 MODES = ("regions", "labels")
 
@@ -75,10 +76,7 @@ class DiceCELoss(nn.Module):
         labels = squeeze_labels(target)
         n_classes = logits.shape[1]
         _check_spatial(logits, labels.shape[1:])
-        if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
-            raise ValueError(f"labels must lie in 0..{n_classes - 1} for {n_classes} output "
-                             "channels, "
-                             f"found [{int(labels.min())}, {int(labels.max())}]")
+        _check_label_range(labels, n_classes)
         onehot = F.one_hot(labels, n_classes).movedim(-1, 1).float()
         probs = torch.softmax(logits, dim=1)
         if not self.include_background:
@@ -90,11 +88,33 @@ class DiceCELoss(nn.Module):
         if logits.shape[1] != 3:
             raise ValueError(
                 f"regions mode needs 3 output channels (WT, TC, ET), got {logits.shape[1]}")
-        regions = target.float() if target.is_floating_point() else labels_to_regions(target)
+        regions = target.float() if target.is_floating_point() else label_regions(target)
         _check_spatial(logits, regions.shape[2:])
         dice = self._dice(torch.sigmoid(logits), regions)
         bce = F.binary_cross_entropy_with_logits(logits, regions)
         return self.dice_weight * dice + self.ce_weight * bce
+
+
+def label_regions(labels: torch.Tensor) -> torch.Tensor:
+    """Canonical labels -> float WT/TC/ET masks (B,3,*S), as io.regions.labels_to_regions, whose
+    range check reads the device twice per call; here the range is checked only on CPU (see
+    _check_label_range)."""
+    labels = squeeze_labels(labels)
+    _check_label_range(labels, NUM_LABELS)
+    masks = [torch.isin(labels, torch.tensor(ids, device=labels.device)) for ids in REGIONS.values()]
+    return torch.stack(masks, dim=1).float()
+
+
+def _check_label_range(labels: torch.Tensor, n_classes: int) -> None:
+    """ValueError for labels outside 0..n_classes-1, on CPU tensors only: there it costs one pass
+    and no sync, while on a GPU it would stall the step twice per call (per deep-supervision level
+    and micro-batch). GPU training data is checked once per case when opened (seg3d.data: labels
+    0..3), and CUDA's one_hot/cross-entropy assert on a bad label anyway."""
+    if labels.device.type != "cpu" or not labels.numel():
+        return
+    lo, hi = (int(v) for v in torch.aminmax(labels))
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} for {n_classes} output channels, found [{lo}, {hi}]")
 
 
 def _check_spatial(logits: torch.Tensor, target_spatial: Sequence[int]) -> None:
@@ -128,7 +148,7 @@ class DeepSupervisionLoss(nn.Module):
         if self.base.mode == "labels":
             target = squeeze_labels(labels)
         else:
-            target = labels.float() if labels.is_floating_point() else labels_to_regions(labels)
+            target = labels.float() if labels.is_floating_point() else label_regions(labels)
         total = logits[0].new_zeros((), dtype=torch.float32)
         for w, out in zip(weights, logits):
             if w > 0:

@@ -11,13 +11,13 @@ consecutive samples holds the fraction f of forced patches (±1), with no batch 
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from brats_seg.preprocess.store import open_foreground, open_image, open_seg
 
@@ -91,10 +91,11 @@ def choose_centre(case: CaseArrays, patch: tuple[int, int, int], forced_fg: bool
     return centre, 0
 
 
-def read_region(arr: np.ndarray, lo: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """arr[..., lo:lo+size] over the last three axes, zero outside the array; reads only the overlap."""
+def read_region(arr: np.ndarray, lo: np.ndarray, size: tuple[int, ...], dtype: np.dtype | type | None = None) -> np.ndarray:
+    """arr[..., lo:lo+size] over the last three axes, zero outside the array; reads only the overlap
+    and casts while copying (one pass over the voxels, not a copy and then a cast)."""
     spatial = arr.shape[-3:]
-    out = np.zeros(arr.shape[:-3] + tuple(size), dtype=arr.dtype)
+    out = np.zeros(arr.shape[:-3] + tuple(size), dtype=arr.dtype if dtype is None else dtype)
     src, dst = [], []
     for start, n, dim in zip(lo, size, spatial):
         a, b = max(int(start), 0), min(int(start) + n, dim)
@@ -110,41 +111,41 @@ def crop_patch(case: CaseArrays, centre: np.ndarray,
                patch: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Axis-aligned patch around `centre`: image float32 (C, *patch), label uint8 (*patch) or None."""
     lo = np.asarray(centre) - np.asarray(patch) // 2
-    image = read_region(case.image, lo, patch).astype(np.float32)
+    image = read_region(case.image, lo, patch, np.float32)
     label = None if case.seg is None else read_region(case.seg, lo, patch)
     return image, label
 
 
 def warped_patch(case: CaseArrays, centre: np.ndarray, matrix: np.ndarray,
                  patch: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Patch sampled along `centre + matrix @ (p - P//2)`: trilinear image, nearest label.
+    """Patch sampled along `centre + matrix @ (p - P//2)`: trilinear image, nearest label, 0 outside.
 
-    Only the bounding box of the sampled coordinates (found from the patch's 8 corners, since the
-    map is affine) is read from disk; the sampling grid is one matmul straight into grid_sample's
-    normalised coordinates.
+    Only the part of the sampled coordinates' bounding box that lies inside the volume is read,
+    plus one layer of zeros where the box leaves it, so that samples near the edge blend with the
+    zero background as in a zero-padded volume (a rotated, zoomed-out 128^3 patch at 1 mm reads at
+    most the volume instead of a ~345^3 box). SimpleITK's affine resampler does the interpolation,
+    one channel at a time: on one core it measured about twice as fast as torch's grid_sample.
     """
-    import torch
-
-    lo, size = _bounding_box(centre, matrix, patch)
-    grid = _sampling_grid(centre, matrix, patch, lo, size)
-    region = torch.from_numpy(read_region(case.image, lo, size).astype(np.float32))
-    image = _sample(region, grid, "bilinear")
-    label = None
-    if case.seg is not None:
-        seg = torch.from_numpy(read_region(case.seg, lo, size).astype(np.float32))[None]
-        label = _sample(seg, grid, "nearest")[0].round().astype(np.uint8)
+    image = np.zeros((case.image.shape[0], *patch), np.float32)
+    label = None if case.seg is None else np.zeros(patch, np.uint8)
+    box = inside_box(centre, matrix, patch, case.shape)
+    if box is None:  # the whole patch lies in the zero background
+        return image, label
+    lo, size = box
+    resample = _resampler(centre, matrix, patch, lo)
+    for channel, out in zip(case.image, image):
+        resample(_read_zyx(channel, lo, size, np.float32), sitk.sitkLinear, out)
+    if label is not None:
+        resample(_read_zyx(case.seg, lo, size, np.uint8), sitk.sitkNearestNeighbor, label)
     return image, label
 
 
-def _offsets_range(patch: tuple[int, int, int]) -> np.ndarray:
-    """(2, 3): lowest and highest patch offset p - P//2 per axis."""
+def bounding_box(centre: np.ndarray, matrix: np.ndarray,
+                 patch: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """(lo, size) of the voxels that trilinear sampling along `centre + matrix @ (p - P//2)` can
+    touch: the affine map's extremes are at the patch's 8 corners."""
     p = np.asarray(patch)
-    return np.stack([-(p // 2), p - 1 - p // 2]).astype(np.float64)
-
-
-def _bounding_box(centre: np.ndarray, matrix: np.ndarray,
-                  patch: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    rng = _offsets_range(patch)
+    rng = np.stack([-(p // 2), p - 1 - p // 2]).astype(np.float64)  # lowest, highest offset per axis
     corners = np.array([[rng[i, 0], rng[j, 1], rng[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
     coords = corners @ matrix.T + np.asarray(centre, np.float64)
     lo = np.floor(coords.min(0) - 1e-6).astype(np.int64)
@@ -152,31 +153,45 @@ def _bounding_box(centre: np.ndarray, matrix: np.ndarray,
     return lo, tuple(int(s) for s in np.maximum(hi - lo, 2))  # type: ignore[return-value]
 
 
-def _sampling_grid(centre: np.ndarray, matrix: np.ndarray, patch: tuple[int, int, int], lo: np.ndarray,
-                   size: tuple[int, int, int]) -> "torch.Tensor":  # noqa: F821
-    """grid_sample grid (1, P, P, P, 3): region voxel coordinates scaled to [-1, 1], axes reversed
-    (grid_sample wants x = last axis first)."""
+def inside_box(centre: np.ndarray, matrix: np.ndarray, patch: tuple[int, int, int],
+               shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """bounding_box clipped to the volume widened by one voxel per side (the zero layer that
+    interpolation at the edge blends with); None when the box holds no voxel of the volume."""
+    lo, size = bounding_box(centre, matrix, patch)
+    hi, dims = lo + np.asarray(size), np.asarray(shape)
+    if np.any(lo >= dims) or np.any(hi <= 0):
+        return None
+    lo, hi = np.maximum(lo, -1), np.minimum(hi, dims + 1)
+    return lo, tuple(int(s) for s in hi - lo)  # type: ignore[return-value]
+
+
+def _read_zyx(volume: np.ndarray, lo: np.ndarray, size: tuple[int, int, int], dtype: type) -> np.ndarray:
+    """The (X, Y, Z) region of one channel as a C-contiguous (Z, Y, X) array, SimpleITK's index
+    order; stored volumes keep X fastest (Fortran order), so this copy runs along memory."""
+    return read_region(volume.T, lo[::-1], tuple(size[::-1]), dtype)
+
+
+def _resampler(centre: np.ndarray, matrix: np.ndarray, patch: tuple[int, int, int], lo: np.ndarray):
+    """resample(region_zyx, interpolator, out): writes the patch (X, Y, Z) into `out`.
+
+    SimpleITK's output index q runs (pz, py, px) (its arrays read back in reverse), the region's
+    index runs (x, y, z) from `lo`: volume point centre + A(p - h) with p = reverse(q) is region
+    point (A·R) q + (centre - lo - A h), R the axis reversal. ITK threads follow torch's intra-op
+    count, which loader workers set to 1.
+    """
     import torch
 
-    scale = 2.0 / (np.asarray(size, np.float64) - 1.0)
-    a = (matrix.T * scale[None, :])[:, ::-1]  # offsets (row vector) -> normalised, reversed axes
-    b = ((np.asarray(centre, np.float64) - lo) * scale - 1.0)[::-1]
-    grid = _patch_offsets(tuple(patch)) @ torch.from_numpy(a.astype(np.float32).copy())
-    grid += torch.from_numpy(b.astype(np.float32).copy())
-    return grid.reshape(1, *patch, 3)
+    half = np.asarray(patch) // 2
+    transform = sitk.AffineTransform((matrix @ np.eye(3)[::-1]).ravel().tolist(),
+                                     (np.asarray(centre, np.float64) - lo - matrix @ half).tolist())
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(s) for s in patch[::-1]])
+    resampler.SetTransform(transform)
+    resampler.SetDefaultPixelValue(0.0)
+    resampler.SetNumberOfThreads(max(1, torch.get_num_threads()))
 
-
-@functools.lru_cache(maxsize=4)
-def _patch_offsets(patch: tuple[int, int, int]) -> "torch.Tensor":  # noqa: F821
-    """(P·P·P, 3) float32 offsets p - P//2, cached per patch size (read-only by convention)."""
-    import torch
-
-    axes = [torch.arange(p, dtype=torch.float32) - p // 2 for p in patch]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-
-
-def _sample(region: "torch.Tensor", grid: "torch.Tensor", mode: str) -> np.ndarray:  # noqa: F821
-    import torch.nn.functional as F
-
-    out = F.grid_sample(region[None], grid, mode=mode, padding_mode="zeros", align_corners=True)
-    return out[0].numpy()
+    def resample(region: np.ndarray, interpolator: int, out: np.ndarray) -> None:
+        resampler.SetInterpolator(interpolator)
+        result = resampler.Execute(sitk.GetImageFromArray(region))  # output pixel type = the region's
+        out[...] = sitk.GetArrayViewFromImage(result)  # `result` stays alive while the view is read
+    return resample

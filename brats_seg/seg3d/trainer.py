@@ -6,12 +6,17 @@ Exit codes: see brats_seg.engine.runtime (0 done, 2 bad input, 75 pre-empted by 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from brats_seg.engine import checkpoint as ckpt
+from brats_seg.engine.distributed import pick_device
 from brats_seg.engine.loop import train
 from brats_seg.engine.metrics_log import Curves
+from brats_seg.engine.runtime import amp_name
 from brats_seg.engine.session import Session
 from brats_seg.engine.state import TrainState
 from brats_seg.engine.task import Built, DataRecord, Task
@@ -37,11 +42,11 @@ def run_training(config: Path | None, data: Path, out: Path, fold: int | None, r
 
 def train_3d(cfg: Config3D, data_path: Path, run_dir: Path, resume: bool) -> int:
     """Train into `run_dir` on the preprocessed dataset `data_path`; returns the exit code."""
-    return train(cfg, lambda info: task_3d(cfg, open_dataset(data_path, cfg)), Path(run_dir), resume)
+    return train(cfg, lambda info: task_3d(cfg, open_dataset(data_path, cfg), info.device), Path(run_dir), resume)
 
 
-def task_3d(cfg: Config3D, data: Dataset3D) -> Task:
-    """The engine's view of a 3D run on `data`."""
+def task_3d(cfg: Config3D, data: Dataset3D, device: torch.device | None = None) -> Task:
+    """The engine's view of a 3D run on `data`, trained on `device` (None: the one train.device picks)."""
     unlabelled = [f"{len(data.unlabelled)} unlabelled case(s) not used for training"] if data.unlabelled else []
     record = DataRecord(data.manifest_path, data.sha256, data.split, identity=data.fingerprint,
                         fingerprint=data.fingerprint, notes=tuple(unlabelled))
@@ -50,18 +55,21 @@ def task_3d(cfg: Config3D, data: Dataset3D) -> Task:
         return validate(state.model, data.root, data.val, state.info, cfg.data.patch_size, cfg.validation.overlap,
                         cfg.validation.sw_batch_size, cfg.loss.mode, state.autocast)
 
-    return Task(name="3d", cfg=cfg, data=record, build=lambda fresh: build_3d(cfg, data),
+    return Task(name="3d", cfg=cfg, data=record, build=lambda fresh: build_3d(cfg, data, device),
                 dataset=lambda world_size: patch_dataset(data, cfg, world_size),
                 validate=validate_3d if data.val else None, score_key="val_dice_mean",
                 epoch_text=epoch_text, curves=CURVES, spatial_dims=3)
 
 
-def build_3d(cfg: Config3D, data: Dataset3D) -> Built:
-    """The model (with model.init_from's weights when set), its loss and its metadata."""
+def build_3d(cfg: Config3D, data: Dataset3D, device: torch.device | None = None) -> Built:
+    """The model (with model.init_from's weights when set), its loss and its metadata (which
+    records the AMP dtype training on `device` autocasts to, for `predict --amp auto`)."""
     from brats_seg.models.registry import create_model
     from brats_seg.seg3d.losses import build_loss
 
-    meta = model_meta(cfg, data)
+    device = pick_device(cfg.train.device) if device is None else device
+    meta = replace(model_meta(cfg, data), amp_dtype=amp_name(cfg.train.amp, device),
+                   modality_dropout=cfg.augment.modality_dropout)  # > 0: `predict --missing` accepted
     try:
         model = create_model(meta.model, **meta.model_kwargs)
     except (KeyError, ValueError, TypeError) as exc:

@@ -9,7 +9,9 @@
 #
 # World size = NNODES x NPROC. DATA and RUN must be on a filesystem every node sees; only global
 # rank 0 writes. A dead or hung rank ends the job after distributed.timeout_s. Resumes by itself when
-# RUN holds a checkpoint. Exit codes as pipelines/cluster/torchrun_single_node.sh (75: pre-empted, rerun).
+# RUN holds a checkpoint (--auto-resume: latest.pt or previous.pt). Pre-emption, SHUTDOWN_TIMEOUT,
+# loader workers and exit codes as pipelines/cluster/torchrun_single_node.sh (75: pre-empted, rerun on
+# every node).
 set -uo pipefail
 DATA=${1:?preprocessed.json}
 RUN=${2:?run directory}
@@ -21,21 +23,22 @@ NNODES=${NNODES:?number of nodes}
 RDZV_HOST=${RDZV_HOST:?rendezvous host (one of the nodes)}
 RDZV_PORT=${RDZV_PORT:-29500}
 RDZV_ID=${RDZV_ID:-brats-seg}
-if [ -z "${NPROC:-}" ]; then
-    NPROC=$(nvidia-smi -L 2>/dev/null | wc -l)
-    [ "$NPROC" -ge 1 ] || NPROC=1
-fi
-RESUME=()
-[ -f "$RUN/checkpoints/latest.pt" ] && RESUME=(--resume)
+SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-240}
+# shellcheck source=SCRIPTDIR/launch_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
+before=$(cksum "$RUN/run.json" 2>/dev/null)
 
-export TORCH_NCCL_ASYNC_ERROR_HANDLING=1   # turn NCCL timeouts into errors that end the process
+# NCCL: abort the communicator on a timeout but leave the process to raise, so the rank prints the
+# project's one-line diagnosis (engine/loop.py run_guarded) instead of being torn down by the watchdog.
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-2}
 "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NPROC" \
     --rdzv_id="$RDZV_ID" --rdzv_backend=c10d --rdzv_endpoint="$RDZV_HOST:$RDZV_PORT" \
-    -m brats_seg train --config "$CONFIG" --data "$DATA" --out "$RUN" --fold "$FOLD" "${RESUME[@]}" "$@"
+    --shutdown-timeout="$SHUTDOWN_TIMEOUT" \
+    -m brats_seg train --config "$CONFIG" --data "$DATA" --out "$RUN" --fold "$FOLD" --auto-resume \
+    "data.num_workers=$WORKERS" ${1+"$@"}
 rc=$?
 
-status=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['status'])" "$RUN/run.json" 2>/dev/null || echo unknown)
-if [ "$status" = "preempted" ]; then
+if preempted "$before"; then
     echo "pre-empted at a checkpoint; run the same command again (on every node) to resume"
     exit 75
 fi

@@ -10,6 +10,8 @@ Covered elsewhere, not repeated here:
     tests/integration/test_train.py (test_exact_resume_after_sigkill, test_sigterm_saves_and_exits_75,
     test_corrupt_latest_falls_back_and_replays);
   - kill one DDP rank / a hung rank ends the job within the timeout: tests/integration/test_train_ddp.py;
+  - SIGTERM to the whole process group with loader workers (torchrun, 2 ranks, and one process)
+    mid-step, during validation and during a checkpoint write: tests/faults/test_preempt_workers.py;
   - damaged or missing batch-inference outputs are redone on rerun:
     tests/integration/test_predict_batch.py::test_rerun_skips_verified_cases_and_redoes_damaged_ones.
 
@@ -128,9 +130,9 @@ def _start_wrapped(mode: str, kill_step: int, argv: list[str]) -> subprocess.Pop
 # ---------------------------------------------------------------------------------------------- training
 
 def test_sigterm_during_validation_then_resume_is_exact(data, straight, tmp_path, monkeypatch, capsys):
-    """SIGTERM arrives while epoch 1 validates: validation and the epoch checkpoint finish, one more
-    step runs (the ranks agree to stop after a step), then the checkpoint and exit 75; --resume ends
-    bitwise where a straight run ends. In-process, so the signal lands inside validation for certain
+    """SIGTERM arrives while epoch 1 validates: validation and the epoch checkpoint finish, the stop
+    vote that opens epoch 2 stops the run there (no further step, no second checkpoint of the same
+    state), exit 75; --resume ends bitwise where a straight run ends. In-process, so the signal lands inside validation for certain
     (the real CLI under SIGTERM: tests/integration/test_train.py::test_sigterm_saves_and_exits_75)."""
     import brats_seg.seg3d.trainer as loop
 
@@ -147,14 +149,15 @@ def test_sigterm_during_validation_then_resume_is_exact(data, straight, tmp_path
     out = tmp_path / "run"
     assert train_3d(load_config(None, TINY + STEPS), data, out, False) == EXIT_PREEMPTED
     assert seen == [True], "validation ran once, with the stop requested while it ran"
-    assert "stopped by SIGTERM at step 4" in capsys.readouterr().out
-    assert _latest(out)["progress"]["step"] == 4
+    printed = capsys.readouterr().out
+    assert "stopped by SIGTERM at step 3" in printed and printed.count("checkpoint: step 3 ") == 1
+    assert _latest(out)["progress"]["step"] == 3
     assert json.loads((out / "run.json").read_text())["status"] == "preempted"
     records = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "epoch" and "val_dice_mean" in r] == [1]  # not lost
     monkeypatch.undo()
     assert train_3d(load_config(None, TINY + STEPS), data, out, True) == 0
-    assert "at step 4" in capsys.readouterr().out
+    assert "at step 3" in capsys.readouterr().out
     _assert_same_run(straight, out)
 
 
@@ -502,7 +505,8 @@ def test_sigkill_batch_inference_mid_manifest_then_rerun(tmp_path, model_run, ru
         p = killed / "masks" / f"{c}.nii.gz"
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == state, f"{c}'s finished mask was rewritten"
     masks = sorted(p.name for p in (clean / "masks").iterdir())
-    assert len(masks) == 6 and masks == sorted(p.name for p in (killed / "masks").iterdir())
+    assert masks == sorted(p.name for p in (killed / "masks").iterdir())  # the masks and their case JSONs
+    assert len([m for m in masks if m.endswith(".nii.gz")]) == 6 and len(masks) == 12
     for name in masks:
         assert (clean / "masks" / name).read_bytes() == (killed / "masks" / name).read_bytes(), name
     assert not [p for p in (killed / "masks").iterdir() if p.name.startswith(".")], "temp files left"

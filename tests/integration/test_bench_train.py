@@ -101,3 +101,39 @@ def test_paused_loader_workers_stop_and_resume():
     finally:
         _signal_workers(loader, signal.SIGCONT)
     _signal_workers(torch.utils.data.DataLoader([1, 2]), signal.SIGSTOP)  # no workers: nothing to do
+
+
+LOADER = ["--loader", "only", "--loader-samples", "8", "--loader-override", "data.patch_size=[32,32,32]",
+          "--loader-override", "augment.rotate_prob=0.5", "--loader-override", "augment.scale_prob=0.5"]
+
+
+def test_loader_part_times_the_gpu_recipe_against_the_previous_reader(tmp_path, run_cli):
+    """`bench train --loader only`: one phantom case preprocessed at 1 mm, the GPU recipe's
+    augmentation (32^3 patches), our reader and the previous one on the same keys."""
+    import json
+
+    from tests.conftest import make_case
+
+    case = make_case(tmp_path / "data", "Case_0", shape=(24, 20, 16), seed=1)
+    out = tmp_path / "bench" / "train.json"
+    code, stdout, stderr = run_cli("bench", "train", *LOADER, "--loader-case", case, "--out", out)
+    assert code == 0, stderr
+    loader = json.loads(out.read_text())["loader"]
+    assert loader["patch_size"] == [32, 32, 32] and loader["samples"] == 8 and loader["spacing"] == [1.0, 1.0, 1.0]
+    ours, ref = loader["patches"], loader["reference"]
+    assert ours["samples_per_cpu_s"] > 0 and ref["samples_per_cpu_s"] > 0 and loader["speedup"] > 0
+    assert 0 < ours["warped_fraction"] == ref["warped_fraction"]  # same keys, same draws
+    assert ours["max_region_mb"] <= ref["max_region_mb"]
+    assert loader["max_image_difference"] < 1e-3 and loader["label_disagreement"] < 0.01
+    assert "previous reader" in stdout and "samples / CPU s" in out.with_suffix(".md").read_text()
+
+
+def test_loader_part_refuses_bad_options(tmp_path, run_cli):
+    out = tmp_path / "train.json"
+    code, _, stderr = run_cli("bench", "train", *LOADER, "--loader-samples", "0", "--out", out)
+    assert code == 2 and stderr.strip().startswith("error: --loader-samples: got 0")
+    code, _, stderr = run_cli("bench", "train", *LOADER, "--loader-case", tmp_path / "nope", "--out", out)
+    assert code == 2 and "nope: is not a case folder" in stderr and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = run_cli("bench", "train", *LOADER, "--loader-spacing", "0", "--out", out)
+    assert code == 2 and stderr.strip().startswith("error: --loader-spacing:")
+    assert not out.exists()

@@ -9,8 +9,10 @@
   SLURM's --signal does to the job step) -> every rank stops at the same step, rank 0 checkpoints,
   the script exits 75; the same command again resumes by itself and ends bitwise where the
   uninterrupted multi-node run (same world size) ended.
-The SLURM train scripts (slurm_train_*.sbatch) wrap these torchrun command lines in srun; they need
-scontrol/srun and are not run here.
+The SLURM train scripts (slurm_train_*.sbatch) wrap these torchrun command lines in srun; they run here
+with fake srun/scontrol that record what they are given and play a pre-empted, a finished or a failed
+job step: CPU binding, worker count, --auto-resume, the torchrun shutdown timeout inside the --signal
+notice, NCCL error handling, requeue on a pre-emption only (not on a stale "preempted" status).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from tests.train_fixtures import TINY, kill_group, make_dataset, wait_for_line
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "pipelines" / "cluster"
-STEPS = ["train.epochs=3", "train.steps_per_epoch=3", "data.fold=0", "distributed.timeout_s=30"]
+# one process's 6 steps per epoch, shared by the recipes' 2 ranks (distributed.scaling=samples): 3 each
+STEPS = ["train.epochs=3", "train.steps_per_epoch=6", "data.fold=0", "distributed.timeout_s=30"]
 FINAL_STEP = 9
 
 
@@ -234,3 +237,101 @@ def test_recipes_pass_a_bash_syntax_check():
         proc = subprocess.run([shellcheck, *map(str, CLUSTER.glob("*.sh")), *map(str, CLUSTER.glob("*.sbatch"))],
                               capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout
+
+
+# ------------------------------------------------------------------------------ SLURM train scripts, faked
+
+FAKE_SRUN = r"""#!/bin/bash
+# records its arguments and TORCH_NCCL_ASYNC_ERROR_HANDLING, then plays the job step as FAKE_MODE says
+printf '%s\n' "$@" > "$FAKE_LOG/srun.args"
+echo "${TORCH_NCCL_ASYNC_ERROR_HANDLING:-unset}" > "$FAKE_LOG/srun.nccl"
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done
+case "$FAKE_MODE" in
+    preempted) mkdir -p "$out"; printf '{"status": "preempted", "updated_at": "%s"}\n' "$(date +%s%N)" > "$out/run.json"; exit 1 ;;
+    finished) mkdir -p "$out"; printf '{"status": "finished"}\n' > "$out/run.json"; exit 0 ;;
+    *) exit 2 ;;  # fails at start-up: run.json is left as it was
+esac
+"""
+FAKE_SCONTROL = r"""#!/bin/bash
+if [ "$1" = show ]; then printf 'node01\nnode02\n'; exit 0; fi
+echo "$*" >> "$FAKE_LOG/scontrol.log"
+"""
+
+
+def _run_sbatch(script: str, tmp_path: Path, mode: str, cpus: int = 8, gpus: int = 2,
+                stale: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+    """The sbatch script run by bash with fake srun/scontrol on PATH and SLURM's variables set."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir(exist_ok=True)
+    log.mkdir(exist_ok=True)
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    run = tmp_path / "run"
+    if stale:  # the status the previous job start left
+        run.mkdir(exist_ok=True)
+        (run / "run.json").write_text('{"status": "preempted"}\n')
+    env = recipe_env(FAKE_LOG=str(log), FAKE_MODE=mode, SLURM_JOB_ID="4242", SLURM_CPUS_PER_TASK=str(cpus),
+                     SLURM_GPUS_ON_NODE=str(gpus), SLURM_NNODES="2", SLURM_JOB_NODELIST="node[01-02]")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env.pop("TORCH_NCCL_ASYNC_ERROR_HANDLING", None)
+    proc = subprocess.run(["bash", str(CLUSTER / script), "data/preprocessed.json", str(run), "0"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    return proc, log
+
+
+SLURM_TRAIN = ["slurm_train_single_node.sbatch", "slurm_train_multi_node.sbatch"]
+
+
+@pytest.mark.parametrize("script", SLURM_TRAIN)
+def test_slurm_train_binds_cpus_sizes_workers_and_requeues_a_preemption(script, tmp_path):
+    proc, log = _run_sbatch(script, tmp_path, "preempted")
+    assert proc.returncode == 0, proc.stderr
+    assert "requeueing job 4242" in proc.stdout
+    assert (log / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    args = (log / "srun.args").read_text().splitlines()
+    assert "--cpus-per-task=8" in args and "--kill-on-bad-exit=1" in args  # Slurm >= 22.05 passes no -c to srun
+    assert "--auto-resume" in args and "--resume" not in args  # resumes from latest.pt or previous.pt
+    assert "data.num_workers=3" in args  # 8 CPUs / 2 GPU processes - 1
+    assert "--shutdown-timeout=240" in args
+    # the one-line diagnosis survives an NCCL timeout: abort the communicator, leave the process up
+    assert (log / "srun.nccl").read_text().strip() == "2"
+
+
+@pytest.mark.parametrize("script", SLURM_TRAIN)
+def test_slurm_train_tells_a_failure_from_a_preemption(script, tmp_path):
+    """A start that fails (exit 2) in a run folder whose run.json still says "preempted" from the job
+    before is a failure: no requeue (it would loop forever), the exit code is the step's."""
+    proc, log = _run_sbatch(script, tmp_path, "fail", stale=True)
+    assert proc.returncode == 2 and not (log / "scontrol.log").exists(), proc.stdout + proc.stderr
+    proc, log = _run_sbatch(script, tmp_path, "finished", cpus=1)
+    assert proc.returncode == 0 and not (log / "scontrol.log").exists()
+    assert "data.num_workers=0" in (log / "srun.args").read_text().splitlines()  # never negative
+
+
+def test_train_recipes_shutdown_timeout_fits_the_slurm_notice():
+    """torchrun must stop waiting for its ranks (SIGKILL) before SLURM's own kill; the notice must
+    reach the job steps (TERM@N, not B:TERM@N: the batch shell has to live on to requeue)."""
+    import re
+
+    for path in [*(CLUSTER / s for s in SLURM_TRAIN), *CLUSTER.glob("torchrun_*.sh")]:
+        text = path.read_text()
+        timeout = int(re.search(r"SHUTDOWN_TIMEOUT=\$\{SHUTDOWN_TIMEOUT:-(\d+)\}", text).group(1))
+        assert '--shutdown-timeout="$SHUTDOWN_TIMEOUT"' in text, path
+        assert "--auto-resume" in text and "latest.pt ]" not in text, path
+        if path.suffix == ".sbatch":
+            notice = int(re.search(r"^#SBATCH --signal=TERM@(\d+)$", text, re.M).group(1))
+            assert 0 < timeout < notice - 30, (path, timeout, notice)  # room for a step after the last vote
+            assert "scontrol requeue" in text and '--cpus-per-task="$CPUS"' in text, path
+
+
+def test_recipes_have_no_unguarded_array_expansion():
+    """bash < 4.4 under set -u calls an empty "${arr[@]}" unbound: expansions must be guarded
+    ("${arr[@]+"${arr[@]}"}", ${1+"$@"})."""
+    import re
+
+    for path in sorted(CLUSTER.iterdir()):
+        for line in path.read_text().splitlines():
+            if not line.lstrip().startswith("#"):
+                assert not re.search(r'"\$\{\w+\[@\]\}"', line), f"{path.name}: {line}"

@@ -44,3 +44,12 @@ def test_cuda_is_a_build_argument_and_nothing_is_baked_in():
     assert not any(word in c for c in copies for word in ("datasets", "runs", ".pt", ".pth", "checkpoint"))
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "runs" in ignored and ".venv" in ignored
+
+
+def test_usage_gives_training_workers_shared_memory():
+    """Docker's default /dev/shm (64 MB) is smaller than one GPU-recipe batch: the documented
+    training command sets --shm-size (or says --ipc=host), and names the fallback."""
+    usage = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("#")]
+    text = "\n".join(usage)
+    assert any("docker run" in line and "--shm-size=" in line and " train " in line for line in usage)
+    assert "--ipc=host" in text and "data.num_workers=0" in text and "/dev/shm" in text

@@ -81,6 +81,20 @@ def test_batchnorm_needs_two_images_but_fcn_vgg_does_not():
     assert cfg.data.batch_size == 1
 
 
+def test_aux_head_without_its_loss_is_refused(tmp_path):
+    """model.aux with loss.aux_weight 0: a head without a gradient fails DDP at step 2, so the config
+    is refused up front with one line naming both keys and the fix."""
+    path = tmp_path / "c.yaml"
+    path.write_text("task: 2d\nmodel:\n  backbone: resnet18\n  aux: true\nloss:\n  aux_weight: 0\n")
+    with pytest.raises(InputError) as err:
+        load_config_2d(path)
+    line = err.value.line()
+    assert err.value.where == "model.aux" and "\n" not in line
+    assert "loss.aux_weight" in line and "set loss.aux_weight > 0" in line and "model.aux false" in line
+    assert load_config_2d(path, ["loss.aux_weight=0.4"]).model.aux  # either fix is accepted
+    assert not load_config_2d(path, ["model.aux=false"]).model.aux
+
+
 def test_folder_ignore_index_must_not_be_a_class():
     with pytest.raises(InputError) as err:
         load_config_2d(None, ["data.format=folder", "data.num_classes=3", "data.ignore_index=2"])
@@ -135,3 +149,29 @@ def test_run_training_argument_errors(tmp_path):
     with pytest.raises(InputError) as err:
         run_training(None, tmp_path, tmp_path / "run", None, False, [])
     assert err.value.where == "--config"
+
+
+def test_full_image_prediction_runs_without_cudnn_autotuning():
+    """Variable-size validation / predict images: cudnn.benchmark is off in the forward, restored
+    after (also when the forward fails)."""
+    from brats_seg.seg2d.evaluate import predict_logits_2d
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.benchmark)
+            if x.shape[-1] == 13:
+                raise RuntimeError("boom")
+            return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        assert predict_logits_2d(Probe(), torch.zeros(1, 3, 17, 19)).shape == (1, 2, 17, 19)
+        assert torch.backends.cudnn.benchmark is True
+        with pytest.raises(RuntimeError, match="boom"):
+            predict_logits_2d(Probe(), torch.zeros(1, 3, 11, 13))
+        assert torch.backends.cudnn.benchmark is True and seen == [False, False]
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -97,3 +97,60 @@ def test_best_checkpoint_rebuilds_the_model(tmp_path):
     x = torch.randn(1, 4, 8, 8, 8)
     model.eval()
     assert torch.equal(loaded(x), model(x))
+
+
+def test_new_file_is_fsynced_before_any_rename(tmp_path, monkeypatch):
+    """The temp file and the folder are fsynced before latest.pt becomes previous.pt, so a crash
+    (power loss included) never leaves previous.pt as the only name while the new data is unsynced."""
+    import os
+
+    ckpt.save_checkpoint(tmp_path, _payload(1))
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ckpt.save_checkpoint(tmp_path, _payload(2))
+    first_rename = events.index(("replace", "previous.pt"))
+    synced = [path for kind, path in events[:first_rename] if kind == "fsync"]
+    assert any(".latest.pt." in p and ".tmp" in p for p in synced), events
+    assert str(ckpt.checkpoint_dir(tmp_path)) in synced, events  # the folder too
+    assert events[first_rename + 1] == ("replace", "latest.pt")
+    assert events[-1][0] == "fsync"  # the renames made durable
+
+
+@pytest.mark.parametrize("crash_at", ["previous.pt", "latest.pt"])
+def test_a_crash_at_either_rename_leaves_a_readable_checkpoint(tmp_path, monkeypatch, crash_at):
+    """os.replace raising stands for a kill at that rename: load_latest still finds a complete
+    checkpoint (step 2, as latest.pt or previous.pt), and the next save removes a temp file that a
+    SIGKILL (which runs no cleanup) left behind."""
+    import os
+
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, _payload(step))
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == crash_at:
+            raise KeyboardInterrupt("killed")  # not an OSError: nothing may catch it
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, _payload(3))
+    monkeypatch.undo()
+    payload, path = ckpt.load_latest(tmp_path)
+    assert payload["step"] == 2
+    assert path.name == ("latest.pt" if crash_at == "previous.pt" else "previous.pt")
+    folder = ckpt.checkpoint_dir(tmp_path)
+    (folder / ".latest.pt.0123abcd.tmp.pt").write_bytes(b"half a checkpoint")
+    ckpt.save_checkpoint(tmp_path, _payload(4))
+    assert sorted(p.name for p in folder.iterdir()) == ["latest.pt", "previous.pt"]
+    assert ckpt.load_latest(tmp_path)[0]["step"] == 4

@@ -20,7 +20,7 @@ from tests.conftest import BRATS_AFFINE, REPO_ROOT, SHAPE, label_map, make_case,
 
 CHANNELS = "t1, t1ce, t2, flair"
 UNREADABLE = r"unreadable or truncated NIfTI \(.+\); expected a complete \.nii/\.nii\.gz file"
-GRID = "of the case's first image; expected all modalities on one grid"
+GRID = "of the case's first image; expected all modalities on one grid (or pass --register to register them rigidly onto the t1ce)"
 
 
 def one_error_line(code: int, err: str) -> str:
@@ -223,7 +223,8 @@ def b_label_float(ds):
 def b_label_3_and_4(ds):
     p = make_case(ds, "c1", labels=(1, 2, 3, 4)) / "c1_seg.nii.gz"
     return (f"error: {p}: label values [0, 1, 2, 3, 4] mix conventions (3 and 4 together); "
-            "expected BraTS 2021 {0,1,2,4} or BraTS 2023 {0,1,2,3}")
+            "expected BraTS 2021 {0,1,2,4} or BraTS 2023 {0,1,2,3}, or declare BraTS 2024 "
+            "post-treatment labels (4 = resection cavity) with --labels brats2024")
 
 
 def b_label_other_shape(ds):

@@ -58,7 +58,8 @@ def test_2d_commands_refuse_a_3d_run(command, tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("field, value", [("patch_size", [8, 8]), ("loss_mode", "softmax"), ("model_kwargs", 3),
-                                          ("task", "4d"), ("format_version", 99)])
+                                          ("task", "4d"), ("format_version", 99), ("amp_dtype", "fp8"),
+                                          ("amp_dtype", True)])
 def test_bad_field_names_the_file_and_the_field(tmp_path, field, value):
     run = make_tiny_run(tmp_path / "run")
     path = ckpt.checkpoint_dir(run) / ckpt.BEST
@@ -86,3 +87,22 @@ def test_config_hashes_of_existing_runs_stay_accepted():
     assert legacy_config_hash(cfg) == old
     ckpt.check_compatible({"config_hash": old, "data_sha256": "d"}, "x", config_hash(cfg), "d", (old,))
     assert config_hash(load_config_2d(None, ["train.memory_format=channels_last"])) == config_hash(cfg)
+
+
+def test_old_checkpoints_have_no_amp_dtype(tmp_path):
+    run = make_tiny_run(tmp_path / "run")  # written before the field existed
+    _, meta = ckpt.load_model(run, task="3d")
+    assert meta.amp_dtype is None and "amp_dtype" not in meta.to_dict()  # None: trained in float32
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_dtype_survives_a_weights_only_checkpoint(tmp_path, amp):
+    from dataclasses import replace
+
+    run = make_tiny_run(tmp_path / "run")
+    model, meta = ckpt.load_model(run, task="3d")
+    ckpt.save_best(run, model.state_dict(), replace(meta, amp_dtype=amp).to_dict(), {})
+    payload = torch.load(ckpt.checkpoint_dir(run) / ckpt.BEST, weights_only=True)
+    assert payload["meta"]["amp_dtype"] == amp  # a plain str in the plain dict
+    assert ckpt.load_model(run, task="3d")[1].amp_dtype == amp
+    assert ModelMeta.from_dict({**META_2D, "amp_dtype": amp}, "x", task="2d").amp_dtype == amp
