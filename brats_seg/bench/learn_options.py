@@ -88,7 +88,19 @@ def parse_predict_args(args: Sequence[str]) -> argparse.Namespace:
     if ns.et_min_mm3:
         raise InputError("--predict-args", "sets --et-min-mm3; bench learn predicts without it and scores every "
                                            "threshold of --et-grid on the saved masks (the table it prints)")
+    _check_values(ns)
     return ns
+
+
+def _check_values(ns: argparse.Namespace) -> None:
+    """predict's own checks of the values (--overlap nan, --uncertainty without --tta, ...), now rather
+    than after the first fold has trained; each error line names --predict-args."""
+    from brats_seg.commands.predict import check_options
+
+    try:
+        check_options(ns)
+    except InputError as exc:
+        raise InputError("--predict-args", f"{exc}; expected valid `brats-seg predict` options") from None
 
 
 def options_from_args(args: argparse.Namespace) -> LearnOptions:
@@ -102,7 +114,7 @@ def options_from_args(args: argparse.Namespace) -> LearnOptions:
     return LearnOptions(config=args.config, data=args.data, out=args.out, folds=args.folds, minutes=args.minutes,
                         steps=args.steps, overrides=tuple(args.overrides), predict_args=predict_args,
                         compare_tta=args.compare_tta, spacing=args.spacing,
-                        et_grid=parse_grid(args.et_grid) if args.et_grid else ET_GRID_MM3,
+                        et_grid=ET_GRID_MM3 if args.et_grid is None else parse_grid(args.et_grid),
                         data_roots=tuple(args.data_root), workers=args.workers)
 
 
@@ -121,7 +133,7 @@ def add_parser(sub: Any, config_default: Path) -> None:
     p.add_argument("--predict-args", default="", help='`brats-seg predict` options, e.g. "--tta --threads 2"')
     p.add_argument("--compare-tta", action="store_true", help="also predict with --tta and report both")
     p.add_argument("--spacing", default=None, help=f"with a raw --data: preprocessing spacing (default {DEFAULT_SPACING})")
-    p.add_argument("--et-grid", default="", help="ET thresholds in mm^3 to score (default 0,100,250,500,750,"
+    p.add_argument("--et-grid", default=None, help="ET thresholds in mm^3 to score (default 0,100,250,500,750,"
                                                  "1000,1500,2000,3000)")
     p.add_argument("--data-root", action="append", type=Path, default=[], metavar="DIR",
                    help="allow raw-manifest roots inside DIR (repeatable), as for preprocess and predict")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,11 +40,12 @@ def monai_preprocessed_loader(data: Dataset3D, cfg: Config3D):
     return _loader(items, head, cfg)
 
 
-def monai_tutorial_loader(data: Dataset3D, cfg: Config3D):
-    """MONAI's BraTS-tutorial pipeline: every sample decoded and preprocessed from the raw files."""
+def monai_tutorial_loader(data: Dataset3D, cfg: Config3D, data_roots: Sequence[Path] = ()):
+    """MONAI's BraTS-tutorial pipeline: every sample decoded and preprocessed from the raw files
+    (data_roots: where the raw manifest's roots may lie besides its own folder, as for preprocess)."""
     from monai import transforms as T
 
-    items, convention = _raw_items(data)
+    items, convention = _raw_items(data, data_roots)
     source = TO_CANONICAL[convention]
     with warnings.catch_warnings():  # Orientationd's FutureWarning about its `labels` default
         warnings.simplefilter("ignore", FutureWarning)
@@ -58,7 +60,7 @@ def monai_tutorial_loader(data: Dataset3D, cfg: Config3D):
     return _loader(items, head, cfg)
 
 
-def _raw_items(data: Dataset3D) -> tuple[list[dict], str]:
+def _raw_items(data: Dataset3D, data_roots: Sequence[Path] = ()) -> tuple[list[dict], str]:
     """The training cases' raw files (from the raw manifest the preprocessing read) and their convention."""
     config = load_manifest(data.manifest_path, stage="preprocessed")["config"]
     raw_path = Path(config.get("raw_manifest") or "")
@@ -69,7 +71,7 @@ def _raw_items(data: Dataset3D) -> tuple[list[dict], str]:
     items, conventions = [], set()
     for entry in data.train:
         case = by_id[entry["id"]]
-        root = case_root(raw_path, raw, case)
+        root = case_root(raw_path, raw, case, tuple(data_roots))
         images = [str(resolve_inside(root, case["images"][ch]["path"], case["id"], case.get("links"))) for ch in data.channels]
         items.append({"image": images, "label": str(resolve_inside(root, case["seg"]["path"], case["id"], case.get("links")))})
         conventions.add(case["label_convention"])

@@ -111,7 +111,8 @@ def _endless(loader) -> Any:
 
 
 def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str] = (), steps: int = 4,
-                rounds: int = 3, monai_reference: bool = True, tutorial_reference: bool = True) -> dict[str, Any]:
+                rounds: int = 3, monai_reference: bool = True, tutorial_reference: bool = True,
+                data_roots: Sequence[Path] = ()) -> dict[str, Any]:
     """Measure (a) and (b) above on one process; returns seconds per step and samples per second
     (medians over `rounds` x `steps` timed steps per contender)."""
     cfg = load_config(config, [*overrides, "data.fold=-1"])
@@ -139,7 +140,8 @@ def bench_train(data: Path, config: Path | None = None, overrides: Sequence[str]
                       "monai_tutorial_step_s": monai_tutorial_loader if tutorial_reference else None}
         for name, make_loader in references.items():
             if make_loader is not None:
-                loaders[name] = make_loader(dataset, cfg)
+                extra = {"data_roots": data_roots} if make_loader is monai_tutorial_loader else {}
+                loaders[name] = make_loader(dataset, cfg, **extra)
                 reference = _endless(loaders[name])
                 contenders[name] = _loop_step(plain, session, reference)
                 drains[name] = _drain(reference, depth)

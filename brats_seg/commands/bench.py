@@ -87,8 +87,11 @@ def _check_args(args: argparse.Namespace) -> None:
     seconds = getattr(args, "train_seconds", None)
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise InputError("--train-seconds", f"got {seconds}; expected a positive number of seconds")
-    inputs = [getattr(args, k) for k in ("data", "config", "model", "case") if getattr(args, k, None) is not None]
+    inputs = [getattr(args, k) for k in ("data", "config", "model", "case", "loader_case", "loader_config")
+              if getattr(args, k, None) is not None]
     folder = args.bench in ("2d", "learn")
+    if not folder and Path(args.out).is_dir():
+        raise InputError(args.out, "--out is a folder; expected the report's file name, e.g. runs/bench/report.json")
     for out in [args.out] if folder else [args.out, args.out.with_suffix(".md")]:
         refuse_overwrite(out, inputs, "--out", out_is_folder=folder)
 
@@ -133,7 +136,8 @@ def _train(args) -> int:
         raw = _raw_manifest(args.data, Path(tmp))
         run_preprocess(raw, Path(tmp) / "pp", PreprocessConfig(spacing=parse_spacing(args.spacing)), workers=2,
                        data_roots=(args.data,))
-        result = bench_train(Path(tmp) / "pp" / "preprocessed.json", args.config, args.overrides, steps=args.steps)
+        result = bench_train(Path(tmp) / "pp" / "preprocessed.json", args.config, args.overrides, steps=args.steps,
+                             data_roots=(args.data,))
     table = format_table(result)
     if loader is not None:
         result["loader"], table = loader, f"{table}\n\n{loader_table}"

@@ -109,6 +109,17 @@ def _check_args(args: argparse.Namespace) -> str:
     return "manifest" if args.manifest else "case"
 
 
+def check_options(args: argparse.Namespace) -> str:
+    """Every value check of the options that reads no file ('case' or 'manifest'); `bench learn`
+    runs it on its --predict-args before a fold trains."""
+    kind = _check_args(args)
+    if args.tta:
+        _axes(args.tta_axes)
+    parse_max_voxels(args.max_voxels)
+    parse_spacing_range(args.spacing_range)
+    return kind
+
+
 def _check_series_register(args: argparse.Namespace) -> None:
     """--series and --register, parsed once (kept on args): one case only."""
     from brats_seg.ingest.layouts import channel_of
@@ -172,6 +183,9 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
 
 def run(args: argparse.Namespace) -> int:
     kind = _check_args(args)
+    if kind == "manifest" and args.out.exists() and not args.out.is_dir():
+        raise InputError(args.out, "--out is a file; with --manifest it is the output folder (masks/, cases/, "
+                                   "predictions.json, volumes.csv)")
     segmenter = load_segmenter(args)
     if kind == "manifest":
         from brats_seg.core.shards import parse_shard
@@ -192,7 +206,7 @@ def _predict_one(segmenter, args: argparse.Namespace) -> int:
     files = (find_case_dir(args.case, channels) if args.case else
              find_files({c: getattr(args, c) for c in FILE_CHANNELS if getattr(args, c) is not None}, channels))
     out = _side_files(args, files.case_id)
-    _refuse_overwrite(args, files.paths, [p for p in out.values() if p is not None])
+    _refuse_overwrite(args, files.paths, out)
     case = read_files(files, segmenter.spacing_range, args.series_choice, args.register_config)
     result = segmenter.predict(case, probabilities=args.probabilities,
                                keep_inputs=args.qa, uncertainty=out["uncertainty"] is not None)
@@ -240,15 +254,32 @@ def _write_one(segmenter, result, out: dict[str, Path | None], convention: str) 
     write_case_json(out["report"], report, result.sections)
 
 
-def _refuse_overwrite(args: argparse.Namespace, images: list[Path], outputs: list[Path]) -> None:
-    """No output replaces an image or the model, and a --out folder may not be the one holding the images."""
+def _refuse_overwrite(args: argparse.Namespace, images: list[Path], out: dict[str, Path | None]) -> None:
+    """No output replaces an image, the model or another output, and a --out folder may not be the one
+    holding the images."""
+    import os
+
     from brats_seg.core.paths import refuse_overwrite
+
+    seen: dict[str, str] = {}
+    for key, path in out.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            flag = "--uncertainty" if "uncertainty" in (key, seen[real]) else "--out"
+            raise InputError(flag, f"{path} would hold both the {seen[real]} and the {key} output; choose "
+                                   "another path, one output never replaces another")
+        seen[real] = key
 
     model = Path(args.model)
     run_files = [f for d in (model, model / "checkpoints") if d.is_dir() for f in d.iterdir()]
-    inputs = [*images, model, *run_files]  # a run folder: its checkpoints and run files are inputs too
-    for path in outputs:
-        refuse_overwrite(path, inputs, "--out", out_is_folder=False)
+    series_files = [f for d in images if d.is_dir() for f in d.iterdir()]  # a DICOM series folder: its slices
+    inputs = [*images, *series_files, model, *run_files]  # a run folder: its checkpoints and run files are inputs too
+    for key, path in out.items():
+        if path is not None:
+            flag = "--uncertainty" if key == "uncertainty" and args.uncertainty else "--out"
+            refuse_overwrite(path, inputs, flag, out_is_folder=False)
     if not _is_nifti_name(args.out):
         refuse_overwrite(args.out, inputs, "--out", out_is_folder=True)
 

@@ -54,6 +54,10 @@ def refuse_run_dir_among_inputs(args: argparse.Namespace, *others: Path | None) 
 def run(args: argparse.Namespace) -> int:
     from brats_seg.engine.tasks import resolve_task, task_of
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        from brats_seg.errors import InputError
+
+        raise InputError(args.out, "--out is a file, not a run folder; expected a new or existing run directory")
     if args.auto_resume:
         args.resume = args.resume or has_checkpoint(args.out)
     refuse_run_dir_among_inputs(args)

@@ -89,7 +89,8 @@ def _input_files(sources: list[Path], specs: list[CaseSpec]) -> list[Path]:
     files = [Path(src) / "dataset.json" for src in sources if (Path(src) / "dataset.json").is_file()]
     for spec in specs:
         files += [path for candidates in spec.images.values() for path, _ in candidates] + spec.segs
-    return files
+    # a DICOM series folder is an input with every file in it (its slices)
+    return files + [f for d in files if Path(d).is_dir() for f in Path(d).iterdir()]
 
 
 def _check_unique(specs: list[CaseSpec]) -> None:

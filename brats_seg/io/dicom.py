@@ -183,8 +183,11 @@ def pick_series(folder: Path, series: list[SeriesInfo], bound: str | None = None
     chosen = [u for u in anywhere if u in by_uid]
     if len(chosen) != 1:
         got = f" (--series names {len(chosen)} of them)" if chosen else ""
+        if channel is None:  # read without a --series choice (ingest, evaluate): no flag can pick one
+            raise InputError(folder, f"holds {len(series)} DICOM series: {_listing(series)}; expected one series "
+                                     "per folder: move the others out (predict of one case takes --series UID)")
         raise InputError(folder, f"holds {len(series)} DICOM series{got}: {_listing(series)}; pick one with "
-                                 f"--series UID{f' or --series {channel}=UID' if channel else ''}")
+                                 f"--series UID or --series {channel}=UID")
     return by_uid[chosen[0]]
 
 

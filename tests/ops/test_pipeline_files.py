@@ -12,14 +12,14 @@ from brats_seg.pipeline.runner import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = REPO / "pipelines"
-KINDS = {"train": ("*.yaml",), "runs": ("*.yaml",), "cluster": ("*.sbatch", "*.sh")}
+KINDS = {"train": ("*.yaml",), "runs": ("*.yaml",), "cluster": ("*.sbatch", "*.sh"), "studies": ("*.md",)}
 PIPELINE_PATH = re.compile(r"pipelines/[\w./-]+\.(?:yaml|sbatch|sh)")
 
 
 def test_every_file_sits_in_the_folder_of_its_kind():
     expected = {p for kind, globs in KINDS.items() for g in globs for p in (PIPELINES / kind).glob(g)}
     found = {p for p in PIPELINES.rglob("*") if p.is_file()}
-    assert found == expected, f"not in train/, runs/ or cluster/: {sorted(map(str, found - expected))}"
+    assert found == expected, f"not in train/, runs/, cluster/ or studies/: {sorted(map(str, found - expected))}"
 
 
 @pytest.mark.parametrize("path", sorted((PIPELINES / "train").glob("*.yaml")), ids=lambda p: p.name)
