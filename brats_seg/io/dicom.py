@@ -157,7 +157,8 @@ def _no_series(folder: Path) -> InputError:
 def media_sop_class(path: Path) -> str | None:
     """(0002,0002) Media Storage SOP Class UID from the file meta header (always explicit VR little endian)."""
     try:
-        head = Path(path).read_bytes()[:4096]
+        with open(path, "rb") as f:  # the file meta header only, not the pixels
+            head = f.read(4096)
     except OSError:
         return None
     at = head.find(b"\x02\x00\x02\x00UI", 132)

@@ -24,10 +24,12 @@ def squeeze_labels(labels: torch.Tensor) -> torch.Tensor:
     return labels.long()
 
 
-def labels_to_regions(labels: torch.Tensor) -> torch.Tensor:
-    """Canonical labels (B,X,Y,Z) or (B,1,X,Y,Z) -> float region masks (B,3,X,Y,Z): WT, TC, ET."""
+def labels_to_regions(labels: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """Canonical labels (B,X,Y,Z) or (B,1,X,Y,Z) -> float region masks (B,3,X,Y,Z): WT, TC, ET.
+    check=False skips the range check, which reads the device twice (the training loss checks
+    its labels once per case instead: seg3d.losses)."""
     labels = squeeze_labels(labels)
-    if labels.numel() and (labels.min() < 0 or labels.max() >= NUM_LABELS):
+    if check and labels.numel() and (labels.min() < 0 or labels.max() >= NUM_LABELS):
         raise ValueError(
             f"labels must be canonical 0..{NUM_LABELS - 1} (0 bg, 1 NCR, 2 ED, 3 ET), found values "
             f"in [{int(labels.min())}, {int(labels.max())}]; convert the dataset's convention "

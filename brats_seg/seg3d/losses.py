@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from brats_seg.io.labels import NUM_LABELS, REGIONS
-from brats_seg.io.regions import squeeze_labels
+from brats_seg.io.labels import NUM_LABELS
+from brats_seg.io.regions import labels_to_regions, squeeze_labels
 
 MODES = ("regions", "labels")
 
@@ -96,13 +96,11 @@ class DiceCELoss(nn.Module):
 
 
 def label_regions(labels: torch.Tensor) -> torch.Tensor:
-    """Canonical labels -> float WT/TC/ET masks (B,3,*S), as io.regions.labels_to_regions, whose
-    range check reads the device twice per call; here the range is checked only on CPU (see
-    _check_label_range)."""
+    """Canonical labels -> float WT/TC/ET masks (B,3,*S): io.regions.labels_to_regions with the
+    range checked only on CPU (see _check_label_range), where it costs no device read."""
     labels = squeeze_labels(labels)
     _check_label_range(labels, NUM_LABELS)
-    masks = [torch.isin(labels, torch.tensor(ids, device=labels.device)) for ids in REGIONS.values()]
-    return torch.stack(masks, dim=1).float()
+    return labels_to_regions(labels, check=False)
 
 
 def _check_label_range(labels: torch.Tensor, n_classes: int) -> None:
