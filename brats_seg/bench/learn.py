@@ -27,7 +27,8 @@ from brats_seg.bench.learn_folds import (Fold, StepFailed, plan_folds, predict_f
                                          write_heldout_manifest)
 from brats_seg.bench.learn_options import DEFAULT_SPACING, LearnOptions, options_from_args
 from brats_seg.bench.learn_report import format_report, read_case_rows, region_means
-from brats_seg.bench.learn_threshold import fold_case_scores, study
+from brats_seg.bench.learn_components import component_scores, component_study
+from brats_seg.bench.learn_threshold import case_scores, fold_pairs, study
 from brats_seg.core.atomic import atomic_write_json
 from brats_seg.core.hashing import sha256_file
 from brats_seg.engine.config import config_hash
@@ -124,9 +125,17 @@ def run_fold(fold: Fold, opts: LearnOptions, raw: Path, pp: Path, overrides: lis
         eval_dir = fold.folder / f"eval_{name}"
         evaluate(Path(pred["dir"]), fold.heldout_raw, eval_dir, data_roots=(*opts.data_roots, *roots))
         scores[name] = {"cases": read_case_rows(eval_dir, fold.index),
-                        "thresholds": fold_case_scores(Path(pred["dir"]), fold.heldout_raw,
-                                                       (*opts.data_roots, *roots), opts.et_grid)}
+                        **postprocess_scores(Path(pred["dir"]), fold.heldout_raw, (*opts.data_roots, *roots), opts)}
     return record, scores
+
+
+def postprocess_scores(pred_dir: Path, truth: Path, roots: Sequence[Path], opts: LearnOptions) -> dict:
+    """Per held-out case, the scores of every ET threshold and component rule on its saved mask."""
+    thresholds, components = {}, {}
+    for cid, pred, ref, spacing in fold_pairs(pred_dir, truth, roots):
+        thresholds[cid] = case_scores(pred, ref, spacing, opts.et_grid)
+        components[cid] = component_scores(pred, ref, spacing)
+    return {"thresholds": thresholds, "components": components}
 
 
 def bench_learn(opts: LearnOptions) -> dict:
@@ -135,13 +144,14 @@ def bench_learn(opts: LearnOptions) -> dict:
     cfg = check_recipe(opts.config, [*overrides, "data.fold=-1"])  # the recipe trained on every case
     raw, pp = resolve_data(opts)
     folds = plan_folds(labelled_ids(raw, pp), opts.folds, cfg.seed, opts.out)
-    records, merged = [], {name: {"cases": {}, "thresholds": {}} for name in opts.variants}
+    records, merged = [], {name: {"cases": {}, "thresholds": {}, "components": {}} for name in opts.variants}
     for fold in folds:
         record, scores = run_fold(fold, opts, raw, pp, overrides)
         records.append(record)
         for name, s in scores.items():
             merged[name]["cases"].update(s["cases"])
-            merged[name]["thresholds"].update(s["thresholds"])
+            for key in ("thresholds", "components"):
+                merged[name][key].update(s[key])
     report = {
         "kind": "brats-seg bench learn", "created_at": now(), "git_commit": git_commit(),
         "config": str(opts.config), "overrides": list(opts.overrides), "config_sha256": config_hash(cfg),
@@ -150,7 +160,8 @@ def bench_learn(opts: LearnOptions) -> dict:
         "n_cases": sum(len(f.held_out) for f in folds), "predict_args": list(opts.predict_args),
         "et_grid_mm3": list(opts.et_grid), "fold_runs": records, "out": str(opts.out),
         "variants": {name: {"predict_args": list(opts.variants[name]), "mean": region_means(m["cases"]),
-                            "cases": m["cases"], "et_threshold": study(m["thresholds"])}
+                            "cases": m["cases"], "et_threshold": study(m["thresholds"]),
+                            "components": component_study(m["components"])}
                      for name, m in merged.items()},
     }
     atomic_write_json(opts.out / "learn.json", report)

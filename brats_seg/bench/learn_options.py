@@ -88,6 +88,10 @@ def parse_predict_args(args: Sequence[str]) -> argparse.Namespace:
     if ns.et_min_mm3:
         raise InputError("--predict-args", "sets --et-min-mm3; bench learn predicts without it and scores every "
                                            "threshold of --et-grid on the saved masks (the table it prints)")
+    if ns.min_component_mm3 or ns.min_component_fraction:
+        raise InputError("--predict-args", "sets a component rule (--min-component-mm3/-fraction); bench learn "
+                                           "predicts without one and scores every rule of its grid on the saved "
+                                           "masks (the component table it prints)")
     _check_values(ns)
     return ns
 

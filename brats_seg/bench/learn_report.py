@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from brats_seg.bench.learn_components import component_table_md
 from brats_seg.evaluate.metrics import summarise
 from brats_seg.io.labels import REGION_NAMES
 
@@ -89,6 +90,9 @@ def format_report(report: dict) -> str:
              "", "Mean over all held-out cases:", means_table(report["variants"])]
     for name, v in report["variants"].items():
         parts += ["", f"ET threshold by cross-validation ({name}): chosen {v['et_threshold']['chosen_et_min_mm3']:g} mm^3",
-                  threshold_table_md(v["et_threshold"]), "", f"Per case ({name}):", cases_table(v["cases"])]
+                  threshold_table_md(v["et_threshold"]), "",
+                  f"Component rule by cross-validation ({name}): chosen {v['components']['chosen']['predict_args']} "
+                  f"({v['components']['gain_over_none']:+.4f} mean Dice over none)",
+                  component_table_md(v["components"]), "", f"Per case ({name}):", cases_table(v["cases"])]
     parts += ["", "Folds:", folds_table(report["fold_runs"]), "", f"-> {report['out']}"]
     return "\n".join(parts)

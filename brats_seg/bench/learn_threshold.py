@@ -11,7 +11,7 @@ do not change: their columns in the table show it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -88,20 +88,18 @@ def load_pair(case: dict, root: Path, mask: PredictedMask) -> tuple[np.ndarray, 
         tuple(float(s) for s in geom.spacing)
 
 
-def fold_case_scores(pred_dir: Path, truth: Path, data_roots: Sequence[Path],
-                     grid: Sequence[float] = ET_GRID_MM3) -> dict[str, list[dict]]:
-    """case id -> case_scores for every labelled case of the raw manifest `truth` in `pred_dir`."""
+def fold_pairs(pred_dir: Path, truth: Path, data_roots: Sequence[Path]
+               ) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """(case id, predicted, true, spacing) for every labelled case of the raw manifest `truth`,
+    each read once, for the post-processing studies that score the saved masks."""
     preds = find_predictions(pred_dir)
     raw = load_manifest(truth, stage="raw")
-    out = {}
     for case in sorted(raw["cases"], key=lambda c: c["id"]):
         if not case.get("seg"):
             continue
         if case["id"] not in preds:
             raise InputError(pred_dir, f"holds no prediction of held-out case {case['id']}; rerun bench learn")
-        pred, ref, spacing = load_pair(case, case_root(truth, raw, case, data_roots), preds[case["id"]])
-        out[case["id"]] = case_scores(pred, ref, spacing, grid)
-    return out
+        yield (case["id"], *load_pair(case, case_root(truth, raw, case, data_roots), preds[case["id"]]))
 
 
 def study(per_case: dict[str, list[dict]]) -> dict:

@@ -53,6 +53,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qa", action="store_true", help="also write a QA picture (PNG) per case")
     p.add_argument("--et-min-mm3", type=float, default=0.0, help="ET volume below this becomes NCR (0: off)")
     p.add_argument("--min-component-mm3", type=float, default=0.0, help="drop tumour components below this (0: off)")
+    p.add_argument("--min-component-fraction", type=float, default=0.0,
+                   help="drop tumour components below this fraction of the largest one's volume, in [0, 1] "
+                        "(0: off; 1: keep the largest only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the network runs")
     p.add_argument("--force", action="store_true", help="with --manifest: redo cases whose outputs are current")
@@ -97,6 +100,9 @@ def _check_args(args: argparse.Namespace) -> str:
     for flag, value in (("--et-min-mm3", args.et_min_mm3), ("--min-component-mm3", args.min_component_mm3)):
         if not (math.isfinite(value) and value >= 0):
             raise InputError(flag, f"{value} is not valid; expected a finite volume in mm^3 >= 0 (0 turns the rule off)")
+    if not (math.isfinite(args.min_component_fraction) and 0.0 <= args.min_component_fraction <= 1.0):
+        raise InputError("--min-component-fraction", f"{args.min_component_fraction} is not valid; expected a "
+                                                     "fraction in [0, 1] (0 off, 1 keeps the largest component)")
     if args.shard != "0/1" and not args.manifest:
         raise InputError("--shard", "applies to --manifest only; one case is never sharded")
     if args.data_root and not args.manifest:
@@ -173,7 +179,8 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
     from brats_seg.infer.postprocess import PostprocessConfig
     from brats_seg.infer.segmenter import Segmenter
 
-    post = PostprocessConfig(et_min_mm3=args.et_min_mm3, min_component_mm3=args.min_component_mm3)  # checked flags
+    post = PostprocessConfig(et_min_mm3=args.et_min_mm3, min_component_mm3=args.min_component_mm3,
+                             min_component_fraction=args.min_component_fraction)  # checked flags
     return Segmenter.from_run(args.model, device=args.device, threads=args.threads, overlap=args.overlap,
                               mirror_axes=_axes(args.tta_axes) if args.tta else (), batch_size=args.batch_size,
                               postprocess=post, grow=args.window_grow, max_voxels=parse_max_voxels(args.max_voxels),

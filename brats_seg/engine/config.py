@@ -84,7 +84,7 @@ RUN_CONTROL_KEYS = (
 # them out there: the hashes of existing runs stay valid. Any other value is hashed.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distributed.scaling": "samples", "optim.lr_scaling": "none", "schedule.follow_budget": True,
-    "augment.modality_dropout": 0.0,  # the 3D task's augment section
+    "augment.modality_dropout": 0.0, "loss.region_weights": [1.0, 1.0, 1.0],  # the 3D task's sections
 }
 
 

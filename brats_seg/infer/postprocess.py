@@ -5,6 +5,10 @@
   The winners of BraTS 2019-2021 (nnU-Net, Isensee et al.) turn ET into NCR when the predicted ET
   volume is below a threshold tuned on validation data; the tumour core stays the same.
 - Tiny disconnected tumour components removed: isolated specks far from the tumour are noise.
+- Components small beside the largest removed (a fraction of its volume): a short-trained model's
+  false positives are blobs away from the tumour, whose size an absolute threshold cannot know
+  in advance; 1.0 keeps the largest component only (wrong for multifocal tumours, so chosen by
+  cross-validation, `bench learn`).
 
 Thresholds are in mm³ so that they mean the same at any voxel size; pass voxel_mm3=1 to think in
 voxels. 0 disables a rule (the default, since a good value depends on the data and the model).
@@ -26,6 +30,7 @@ NCR, ED, ET = 1, 2, 3
 class PostprocessConfig:
     et_min_mm3: float = 0.0  # total ET volume below this -> all ET becomes NCR; 0: off
     min_component_mm3: float = 0.0  # tumour components smaller than this -> background; 0: off
+    min_component_fraction: float = 0.0  # components below this fraction of the largest -> background; 0: off
     connectivity: int = 3  # scipy rank: 1 faces (6-neighbourhood), 2 edges (18), 3 corners (26)
 
     def __post_init__(self) -> None:
@@ -33,6 +38,9 @@ class PostprocessConfig:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} is {value}; post-processing thresholds must be finite and >= 0 "
                                  "(0 disables a rule)")
+        if not 0.0 <= self.min_component_fraction <= 1.0:
+            raise ValueError(f"min_component_fraction is {self.min_component_fraction}; expected a fraction of the "
+                             "largest component's volume in [0, 1] (0 disables the rule, 1 keeps the largest only)")
         if self.connectivity not in (1, 2, 3):
             raise ValueError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")
 
@@ -54,9 +62,10 @@ def relabel_small_et(labels: np.ndarray, voxel_mm3: float, min_mm3: float) -> np
 
 
 def remove_small_components(labels: np.ndarray, voxel_mm3: float, min_mm3: float,
-                            connectivity: int = 3) -> np.ndarray:
-    """Set tumour components (connected over all tumour labels) smaller than `min_mm3` to background."""
-    if min_mm3 <= 0:
+                            connectivity: int = 3, min_fraction: float = 0.0) -> np.ndarray:
+    """Set tumour components (connected over all tumour labels) smaller than `min_mm3`, or smaller
+    than `min_fraction` of the largest component, to background."""
+    if min_mm3 <= 0 and min_fraction <= 0:
         return labels
     tumour = labels > 0
     if not tumour.any():
@@ -65,7 +74,8 @@ def remove_small_components(labels: np.ndarray, voxel_mm3: float, min_mm3: float
     structure = ndimage.generate_binary_structure(3, connectivity)
     components, n = ndimage.label(tumour[box], structure=structure)
     sizes = np.bincount(components.ravel(), minlength=n + 1) * voxel_mm3
-    small = sizes < min_mm3
+    sizes[0] = 0.0
+    small = (sizes < min_mm3) | (sizes < min_fraction * sizes.max())
     small[0] = False
     if not small.any():
         return labels
@@ -76,5 +86,6 @@ def remove_small_components(labels: np.ndarray, voxel_mm3: float, min_mm3: float
 
 def postprocess(labels: np.ndarray, voxel_mm3: float, cfg: PostprocessConfig) -> np.ndarray:
     """Components first, then the ET rule (so specks removed do not count towards ET volume)."""
-    labels = remove_small_components(labels, voxel_mm3, cfg.min_component_mm3, cfg.connectivity)
+    labels = remove_small_components(labels, voxel_mm3, cfg.min_component_mm3, cfg.connectivity,
+                                     cfg.min_component_fraction)
     return relabel_small_et(labels, voxel_mm3, cfg.et_min_mm3)

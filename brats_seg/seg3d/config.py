@@ -32,6 +32,7 @@ class LossConfig:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     batch_dice: bool = True
+    region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # WT, TC, ET terms (regions mode; mean-normalised)
 
 
 @dataclass
@@ -95,7 +96,7 @@ _FACTOR = ordered(above(0))  # a multiplicative (low, high) range
 RANGES_3D: dict[str, Range] = {
     **SHARED_RANGES,
     "model.features": within(1, 4096), "model.dropout": within(0, 1, high_open=True),
-    "loss.dice_weight": at_least(0), "loss.ce_weight": at_least(0),
+    "loss.dice_weight": at_least(0), "loss.ce_weight": at_least(0), "loss.region_weights": at_least(0),
     "data.patch_size": within(8, 1024), "data.batch_size": within(1, 4096), "data.fg_fraction": _PROB,
     "data.num_workers": within(0, 256), "data.folds": within(2, 1000), "data.fold": at_least(-1),
     "data.outside": within(0, 0.5),
@@ -127,6 +128,11 @@ def check_config(cfg: Config3D) -> None:
     loss = cfg.loss
     require(loss.dice_weight + loss.ce_weight > 0, "loss.dice_weight", f"got dice_weight {loss.dice_weight:g} and "
             f"ce_weight {loss.ce_weight:g}; expected dice_weight + ce_weight > 0")
+    weights = list(loss.region_weights)
+    require(sum(weights) > 0, "loss.region_weights", f"got {weights}; expected 3 weights (WT, TC, ET) >= 0 with a "
+            "positive sum")
+    require(loss.mode == "regions" or len(set(weights)) == 1, "loss.region_weights",
+            f"got {weights} with loss.mode {loss.mode!r}; region weights apply to mode 'regions' only")
     require(cfg.augment.enabled or cfg.augment.modality_dropout == 0, "augment.modality_dropout",
             f"got {cfg.augment.modality_dropout:g} with augment.enabled false; expected augment.enabled true "
             "(dropout is an augmentation) or augment.modality_dropout 0")

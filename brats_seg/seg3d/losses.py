@@ -33,12 +33,27 @@ MODES = ("regions", "labels")
 
 
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, batch_dice: bool = True,
-                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> torch.Tensor:
-    """Mean over channels (and samples unless batch_dice) of 1 - soft Dice; inputs (B,C,*S)."""
+                   smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                   channel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over channels (and samples unless batch_dice) of 1 - soft Dice; inputs (B,C,*S).
+    `channel_weights` (C,), normalised to mean 1, weighs the channels' terms."""
     dims = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
     intersection = (probs * target).sum(dims)
     denominator = probs.sum(dims) + target.sum(dims)
-    return (1.0 - (2.0 * intersection + smooth_nr) / (denominator + smooth_dr)).mean()
+    loss = 1.0 - (2.0 * intersection + smooth_nr) / (denominator + smooth_dr)
+    if channel_weights is not None:
+        loss = loss * channel_weights.to(loss.device)  # (C,) or (B, C): the channel axis is last
+    return loss.mean()
+
+
+def _normalised_weights(weights: Sequence[float] | None) -> torch.Tensor | None:
+    """Region weights scaled to mean 1 (so the loss keeps its scale); None when all equal."""
+    if weights is None:
+        return None
+    w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
+    if w.numel() != 3 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"region_weights must be 3 finite values >= 0 (WT, TC, ET) with a positive sum, got {weights}")
+    return None if bool((w == w[0]).all()) else w * (3.0 / w.sum())
 
 
 class DiceCELoss(nn.Module):
@@ -47,15 +62,21 @@ class DiceCELoss(nn.Module):
     mode="labels": softmax over C classes; target = integer labels (B,*S) or (B,1,*S); Dice over
     classes 1..C-1 unless include_background; CE over all classes. Works for any C and 2D or 3D.
     mode="regions": sigmoid per channel (WT, TC, ET); target = canonical labels (converted with
-    labels_to_regions) or float region masks (B,3,*S); Dice + BCE-with-logits over all 3 channels.
+    labels_to_regions) or float region masks (B,3,*S); Dice + BCE-with-logits over all 3 channels,
+    each channel's terms weighted by `region_weights` (WT, TC, ET; scaled to mean 1): a heavier
+    ET term spends more of the gradient on the smallest, rarest region.
     """
 
     def __init__(self, mode: str = "regions", dice_weight: float = 1.0, ce_weight: float = 1.0,
                  include_background: bool = False, batch_dice: bool = True,
-                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> None:
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 region_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"loss mode must be one of {MODES}, got {mode!r}")
+        self.region_weights = _normalised_weights(region_weights)
+        if self.region_weights is not None and mode != "regions":
+            raise ValueError("region_weights apply to mode='regions' only")
         if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
             raise ValueError(f"need non-negative weights, not both 0; got dice={dice_weight}, "
                              f"ce={ce_weight}")
@@ -90,8 +111,13 @@ class DiceCELoss(nn.Module):
                 f"regions mode needs 3 output channels (WT, TC, ET), got {logits.shape[1]}")
         regions = target.float() if target.is_floating_point() else label_regions(target)
         _check_spatial(logits, regions.shape[2:])
-        dice = self._dice(torch.sigmoid(logits), regions)
-        bce = F.binary_cross_entropy_with_logits(logits, regions)
+        w = self.region_weights
+        dice = soft_dice_loss(torch.sigmoid(logits), regions, self.batch_dice, self.smooth_nr, self.smooth_dr, w)
+        if w is None:
+            bce = F.binary_cross_entropy_with_logits(logits, regions)
+        else:
+            per_voxel = F.binary_cross_entropy_with_logits(logits, regions, reduction="none")
+            bce = (per_voxel.mean(dim=[0, *range(2, logits.ndim)]) * w.to(logits.device)).mean()
         return self.dice_weight * dice + self.ce_weight * bce
 
 
@@ -180,7 +206,7 @@ def build_loss(mode: str = "regions", dice_weight: float = 1.0, ce_weight: float
                **kw: object) -> DeepSupervisionLoss:
     """Loss for training: forward(logits or [logits per level], canonical labels) -> scalar.
 
-    Extra keywords (include_background, batch_dice, smooth_nr, smooth_dr) go to DiceCELoss.
+    Extra keywords (include_background, batch_dice, smooth_nr, smooth_dr, region_weights) go to DiceCELoss.
     """
     base = DiceCELoss(mode, dice_weight, ce_weight, **kw)  # type: ignore[arg-type]
     return DeepSupervisionLoss(base, deep_supervision_weights)

@@ -76,7 +76,8 @@ def build_3d(cfg: Config3D, data: Dataset3D, device: torch.device | None = None)
         raise InputError("model", str(exc).strip("'\""))
     if cfg.model.init_from:
         ckpt.load_initial_weights(model, Path(cfg.model.init_from), meta)
-    loss_fn = build_loss(cfg.loss.mode, cfg.loss.dice_weight, cfg.loss.ce_weight, batch_dice=cfg.loss.batch_dice)
+    loss_fn = build_loss(cfg.loss.mode, cfg.loss.dice_weight, cfg.loss.ce_weight, batch_dice=cfg.loss.batch_dice,
+                         region_weights=cfg.loss.region_weights)
     return Built(model, loss_fn, meta)
 
 

@@ -210,14 +210,17 @@ def test_ingest_empty_channel_list_is_one_line(ws, run_cli, value):
     untouched(before, ws)
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
-def test_predict_et_min_volume_must_be_a_finite_non_negative_number(ws, run_cli, value):
+@pytest.mark.parametrize("flag,value", [("--et-min-mm3", "nan"), ("--et-min-mm3", "inf"), ("--et-min-mm3", "-1"),
+                                        ("--min-component-fraction", "1.5"), ("--min-component-fraction", "nan"),
+                                        ("--min-component-fraction", "-0.1")])
+def test_predict_post_processing_values_are_checked(ws, run_cli, flag, value):
     out = ws / "new_mask.nii.gz"
     before = snapshot(ws)
     code, _, err = call(run_cli, "predict", "--model", ws / "run", "--case", ws / "src" / CASES[0], "--out", out,
-                        "--threads", 1, "--et-min-mm3", value)
+                        "--threads", 1, flag, value)
     line = one_error_line(code, err)
-    assert "--et-min-mm3" in line or "et_min_mm3" in line, f"the error line names neither flag nor field: {line!r}"
+    field = flag.lstrip("-").replace("-", "_")
+    assert flag in line or field in line, f"the error line names neither flag nor field: {line!r}"
     assert not out.exists()
     untouched(before, ws)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from brats_seg.bench.learn_components import COMPONENT_GRID
 from brats_seg.bench.learn_folds import CHECKPOINT, Fold, train_state
 from brats_seg.engine.config import config_hash
 from brats_seg.errors import InputError
@@ -103,6 +104,20 @@ def test_threshold_table_picks_the_best_mean_et_dice(study):
         pytest.approx([cases[cid]["ET"]["dice"] for cid in sorted(cases)])
 
 
+def test_component_rule_is_chosen_on_every_held_out_case(study):
+    _, report, out = study
+    comp = report["variants"]["base"]["components"]
+    assert sorted(comp["per_case"]) == IDS and len(comp["table"]) == len(COMPONENT_GRID)
+    means = [sum(c[i]["WT_dice"] for c in comp["per_case"].values()) / 4 for i in range(len(COMPONENT_GRID))]
+    assert [r["mean_WT_dice"] for r in comp["table"]] == pytest.approx(means)
+    best = max(r["mean_dice"] for r in comp["table"])
+    assert comp["chosen_mean_dice"] == pytest.approx(best) and comp["gain_over_none"] >= 0
+    assert f"chosen {comp['chosen']['predict_args']}" in out
+    cases = report["variants"]["base"]["cases"]  # the first rule (none) is evaluate's own Dice
+    assert [c[0]["WT_dice"] for _, c in sorted(comp["per_case"].items())] == \
+        pytest.approx([cases[cid]["WT"]["dice"] for cid in sorted(cases)])
+
+
 def test_rerun_keeps_finished_folds_and_adds_tta(study):
     root, _, _ = study
     folds = [root / "cv" / f"fold_{i}" for i in range(2)]
@@ -125,6 +140,7 @@ def test_rerun_keeps_finished_folds_and_adds_tta(study):
     (["--minutes", "-2"], "--minutes"), (["--minutes", "nan"], "--minutes"), (["--steps", "0"], "--steps"),
     ([], "--minutes"), (["--steps", "4", "--minutes", "1"], "not allowed with"),
     (["--steps", "4", "--predict-args", "--et-min-mm3 500"], "--et-min-mm3"),
+    (["--steps", "4", "--predict-args", "--min-component-fraction 0.5"], "--min-component"),
     (["--steps", "4", "--predict-args", "--bogus"], "--predict-args"),
     (["--steps", "4", "--predict-args", "--out x"], "--out"),
     (["--steps", "4", "data.fold=1"], "data.fold"), (["--steps", "4", "optim.lr=-1"], "optim.lr"),

@@ -174,3 +174,29 @@ def test_gradient_flows_through_every_level():
     labels = torch.randint(0, 4, (1, 4, 4, 4), generator=torch.Generator().manual_seed(7))
     build_loss("regions")(levels, labels).backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in levels)
+
+
+def test_region_weights_scale_each_regions_terms():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, 6)
+    labels = torch.randint(0, 4, (2, 6, 6, 6))
+    per_region = []
+    for k in range(3):  # each region's Dice + BCE on its own
+        one = DiceCELoss("regions", region_weights=[float(i == k) for i in range(3)])
+        per_region.append(one(logits, labels) / 3.0)  # weights (0,0,1) are scaled to (0,0,3)
+    plain = DiceCELoss("regions")(logits, labels)
+    assert torch.allclose(sum(per_region), plain, atol=1e-6)
+    weighted = DiceCELoss("regions", region_weights=[1.0, 1.0, 2.0])(logits, labels)
+    assert torch.allclose(weighted, 0.75 * (per_region[0] + per_region[1]) + 1.5 * per_region[2], atol=1e-6)
+    assert DiceCELoss("regions", region_weights=[2, 2, 2]).region_weights is None  # equal: the plain loss
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [0, 0, 0], [1, -1, 2], [1, float("nan"), 1]])
+def test_bad_region_weights_are_refused(weights):
+    with pytest.raises(ValueError, match="region_weights"):
+        DiceCELoss("regions", region_weights=weights)
+
+
+def test_region_weights_refused_in_labels_mode():
+    with pytest.raises(ValueError, match="regions"):
+        DiceCELoss("labels", region_weights=[1, 1, 2])

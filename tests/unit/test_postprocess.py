@@ -75,3 +75,22 @@ def test_regions_to_labels_keeps_et_inside_tc_inside_wt():
     assert np.array_equal(np.isin(labels, (1, 3)), wt & tc)
     assert np.array_equal(labels == 3, wt & tc & et)
     assert np.array_equal(labels == 2, wt & ~tc)
+
+
+def test_components_below_a_fraction_of_the_largest_removed():
+    labels = tumour()  # main blob 1728 voxels, speck 2
+    labels[0:4, 28:32, 0:4] = 2  # a 64-voxel blob: 3.7% of the main one
+    out = remove_small_components(labels, 1.0, 0.0, min_fraction=0.05)
+    assert (out[0:4, 28:32, 0:4] == 0).all() and out[28, 28, 28] == 0
+    assert np.array_equal(out[:24, :24, :24], labels[:24, :24, :24])
+    kept = remove_small_components(labels, 1.0, 0.0, min_fraction=0.03)  # the 64-voxel blob stays
+    assert (kept[0:4, 28:32, 0:4] == 2).all() and kept[28, 28, 28] == 0
+    only = remove_small_components(labels, 1.0, 0.0, min_fraction=1.0)  # the largest only
+    assert np.array_equal(only > 0, (labels > 0) & (np.indices(labels.shape).max(0) < 24))
+    assert remove_small_components(labels, 1.0, 0.0, min_fraction=0.0) is labels
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan")])
+def test_bad_fraction_is_refused(fraction):
+    with pytest.raises(ValueError, match="min_component_fraction"):
+        PostprocessConfig(min_component_fraction=fraction)

@@ -1,0 +1,95 @@
+"""The tumour-component rule of post-processing chosen by cross-validation.
+
+A model trained for minutes marks blobs of false tumour away from the real one; on a small
+tumour they can outweigh it (the weak cases of pipelines/studies/cpu_recipe_cv.md). Removing
+components is `brats-seg predict --min-component-mm3 V` (below V mm³) or
+`--min-component-fraction F` (below F x the largest component; 1 keeps the largest only).
+Either can also delete a real satellite lesion, so, as with the ET threshold
+(bench/learn_threshold.py), `bench learn` applies the very same `postprocess` function to every
+held-out case's saved mask for each rule of a fixed grid and keeps the rule with the highest
+mean Dice over WT, TC and ET; among ties the first of the grid, which is ordered from no
+post-processing upwards. The ET rule is chosen separately, on the masks without this one.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from brats_seg.evaluate.dice import dice_binary
+from brats_seg.infer.postprocess import PostprocessConfig, postprocess
+from brats_seg.io.labels import REGION_NAMES, region_masks
+
+# (min_component_mm3, min_component_fraction), no post-processing first
+COMPONENT_GRID: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (250.0, 0.0), (1000.0, 0.0), (3000.0, 0.0), (10000.0, 0.0),
+    (0.0, 0.05), (0.0, 0.1), (0.0, 0.25), (0.0, 0.5), (0.0, 1.0))
+TIE_TOLERANCE = 1e-12
+
+
+def rule_name(rule: tuple[float, float]) -> str:
+    """The predict flags of one rule, as the tables print it."""
+    mm3, fraction = rule
+    if mm3 == 0 and fraction == 0:
+        return "none"
+    if fraction == 0:
+        return f"--min-component-mm3 {mm3:g}"
+    return f"--min-component-fraction {fraction:g}" if mm3 == 0 else \
+        f"--min-component-mm3 {mm3:g} --min-component-fraction {fraction:g}"
+
+
+def component_scores(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
+                     grid: Sequence[tuple[float, float]] = COMPONENT_GRID) -> list[dict]:
+    """WT, TC and ET Dice of one case (canonical label maps) for each rule of `grid`."""
+    voxel_mm3 = float(np.prod(spacing))
+    ref = region_masks(truth)
+    rows = []
+    for mm3, fraction in grid:
+        labels = postprocess(pred, voxel_mm3, PostprocessConfig(min_component_mm3=mm3, min_component_fraction=fraction))
+        got = region_masks(labels)
+        rows.append({"min_component_mm3": mm3, "min_component_fraction": fraction,
+                     **{f"{r}_dice": dice_binary(got[r], ref[r]) for r in REGION_NAMES},
+                     "wt_ml": float(np.count_nonzero(got["WT"])) * voxel_mm3 / 1000.0})
+    return rows
+
+
+def component_table(per_case: dict[str, list[dict]]) -> list[dict]:
+    """Per rule: mean Dice per region and over the three regions (grid order)."""
+    if not per_case:
+        raise ValueError("no case to choose a component rule from")
+    cases = list(per_case.values())
+    table = []
+    for i, first in enumerate(cases[0]):
+        column = [case[i] for case in cases]
+        means = {f"mean_{r}_dice": float(np.mean([c[f"{r}_dice"] for c in column])) for r in REGION_NAMES}
+        table.append({"min_component_mm3": first["min_component_mm3"],
+                      "min_component_fraction": first["min_component_fraction"], "n_cases": len(column),
+                      **means, "mean_dice": float(np.mean(list(means.values())))})
+    return table
+
+
+def component_study(per_case: dict[str, list[dict]]) -> dict:
+    """The table, the chosen rule (first of the best) and its gain over none in mean Dice."""
+    table = component_table(per_case)
+    best = max(row["mean_dice"] for row in table)
+    chosen = next(row for row in table if row["mean_dice"] >= best - TIE_TOLERANCE)
+    rule = (chosen["min_component_mm3"], chosen["min_component_fraction"])
+    return {"table": table, "chosen": {"min_component_mm3": rule[0], "min_component_fraction": rule[1],
+                                       "predict_args": rule_name(rule)},
+            "chosen_mean_dice": chosen["mean_dice"], "gain_over_none": chosen["mean_dice"] - table[0]["mean_dice"],
+            "per_case": {cid: [{k: r[k] for k in ("min_component_mm3", "min_component_fraction",
+                                                  *(f"{g}_dice" for g in REGION_NAMES))} for r in rows]
+                         for cid, rows in per_case.items()}}
+
+
+def component_table_md(study: dict) -> str:
+    """Rule -> mean WT / TC / ET Dice and their mean; the choice marked."""
+    lines = ["| rule | mean WT Dice | mean TC Dice | mean ET Dice | mean of the three |",
+             "| --- | --- | --- | --- | --- |"]
+    chosen = (study["chosen"]["min_component_mm3"], study["chosen"]["min_component_fraction"])
+    for row in study["table"]:
+        rule = (row["min_component_mm3"], row["min_component_fraction"])
+        mark = " (chosen)" if rule == chosen else ""
+        lines.append(f"| {rule_name(rule)}{mark} | " + " | ".join(f"{row[f'mean_{r}_dice']:.4f}" for r in REGION_NAMES)
+                     + f" | {row['mean_dice']:.4f} |")
+    return "\n".join(lines)
