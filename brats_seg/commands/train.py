@@ -5,7 +5,8 @@
 
 Works the same under `torchrun --nproc_per_node=N -m brats_seg train ...` (rank 0 writes).
 Exit codes: 0 finished (epochs, steps or time budget reached); 2 bad input; 75 stopped by SIGTERM
-after writing a checkpoint (pre-emption): rerun the same command with --resume to continue.
+after writing a checkpoint (pre-emption), 130 after a first Ctrl-C, the same way (a second Ctrl-C
+stops at once, keeping the last checkpoint): rerun the same command with --resume to continue.
 --auto-resume (what the launch scripts use): continue when RUN_DIR holds a checkpoint (latest.pt or
 previous.pt), else start a new run, so one command line is both the first start and every restart.
 """
@@ -29,8 +30,8 @@ def add_run_options(p: argparse.ArgumentParser, config_help: str, data_help: str
     """The options every training command shares (train, distill): --config, --data, --out,
     --resume and the KEY=VALUE overrides, with the exit codes as epilog."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("exit codes: 0 done; 2 bad input; 75 stopped by SIGTERM after saving a checkpoint "
-                "(continue with --resume)")
+    p.epilog = ("exit codes: 0 done; 2 bad input; 75 stopped by SIGTERM, 130 by Ctrl-C, after saving a "
+                "checkpoint (continue with --resume; a second Ctrl-C stops at once)")
     p.add_argument("--config", type=Path, default=None,
                    help=f"{config_help}; with --resume defaults to RUN_DIR/config.yaml")
     p.add_argument("--data", type=Path, required=True, help=data_help)

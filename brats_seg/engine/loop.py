@@ -16,9 +16,10 @@ Pre-emption (SIGTERM, to the rank or its whole process group): loader workers ig
 (engine.loader), the rank's handler only sets a flag, so the step, validation or checkpoint write in
 hand finishes; the next stop vote (after every step, and at the start of every epoch) stops all
 ranks at the same step, rank 0 saves (unless that state is saved already) and writes run.json
-"preempted", every rank waits for it at a barrier, closes its loader workers and exits 75.
+"preempted", every rank waits for it at a barrier, closes its loader workers and exits 75. A first
+Ctrl-C (SIGINT) stops the same way and exits 130; a second one stops at once (KeyboardInterrupt).
 
-Exit codes: see brats_seg.engine.runtime (0 done, 1 non-finite, 2 bad input, 75 pre-empted by SIGTERM).
+Exit codes: see brats_seg.engine.runtime (0 done, 1 non-finite, 2 bad input, 75 pre-empted by SIGTERM, 130 stopped by Ctrl-C).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from brats_seg.engine.config import epoch_steps
 from brats_seg.engine.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
 from brats_seg.engine.loader import close_loader
 from brats_seg.engine.run_info import write_run_info
-from brats_seg.engine.runtime import EXIT_NOT_FINITE, EXIT_OK, EXIT_PREEMPTED, StopFlag, pause_point
+from brats_seg.engine.runtime import EXIT_NOT_FINITE, EXIT_OK, StopFlag, pause_point
 from brats_seg.engine.session import Session, build_state, check_run_dir, start_session
 from brats_seg.engine.state import TrainState, checkpoint_payload
 from brats_seg.engine.step import optimizer_step, train_step
@@ -64,7 +65,7 @@ def train(cfg: Any, make_task: Callable[[DistInfo], Task], run_dir: Path, resume
             return EXIT_NOT_FINITE
         finish(state, session, status)
         barrier(info)
-        return EXIT_PREEMPTED if status == "preempted" else EXIT_OK
+        return stop.exit_code if status == "preempted" else EXIT_OK
     finally:
         if session is not None:
             close_loader(session.loader)
@@ -286,7 +287,8 @@ def finish(state: TrainState, session: Session, status: str) -> None:
                                   "preempted": "preempted"}[status]
     write_run_info(state.run_dir, session.run_info)
     if status == "preempted":
-        print(f"stopped by SIGTERM at step {state.progress.step}; checkpoint saved, exit {EXIT_PREEMPTED}; "
+        by = "Ctrl-C" if session.stop.interrupted else "SIGTERM"
+        print(f"stopped by {by} at step {state.progress.step}; checkpoint saved, exit {session.stop.exit_code}; "
               "continue with the same command plus --resume (or --auto-resume)", flush=True)
     else:
         print(f"training {session.run_info['status']} at step {state.progress.step}", flush=True)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import signal
+import sys
 from typing import Callable, ContextManager, Iterator
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 EXIT_OK = 0
 EXIT_NOT_FINITE = 1
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C after a checkpoint, as a shell reports SIGINT
 
 
 def seed_all(seed: int) -> None:
@@ -116,28 +118,46 @@ WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # loader workers ignore these:
 
 
 class StopFlag:
-    """Sets `requested` on SIGTERM (cluster pre-emption); the loop checkpoints and exits 75.
+    """Sets `requested` on SIGTERM (cluster pre-emption) or a first SIGINT (Ctrl-C); the loop
+    checkpoints and exits 75 (SIGTERM) or 130 (Ctrl-C).
 
-    The handler only sets the flag, so a SIGTERM in the middle of a step, a validation or a
-    checkpoint write lets that work finish; the ranks agree to stop at the next stop vote.
+    The handler only sets the flag, so a signal in the middle of a step, a validation or a
+    checkpoint write lets that work finish; the ranks agree to stop at the next stop vote. A
+    second Ctrl-C is Python's KeyboardInterrupt (exit 130 at once, the last checkpoint intact:
+    checkpoint writes are atomic), for a user who will not wait for the step to end.
     """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.interrupted = False  # the stop came from SIGINT
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            print("interrupt: stopping after this step with a checkpoint (Ctrl-C again: stop now)",
+                  file=sys.stderr, flush=True)
         self.requested = True
 
     def install(self) -> "StopFlag":
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a run this flag stopped."""
+        return EXIT_INTERRUPTED if self.interrupted else EXIT_PREEMPTED
 
     @staticmethod
     @contextlib.contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brats_seg.engine.runtime import EXIT_PREEMPTED, PAUSE_DIR_ENV, PAUSE_ENV
+from brats_seg.engine.runtime import EXIT_INTERRUPTED, EXIT_PREEMPTED, PAUSE_DIR_ENV, PAUSE_ENV
 from tests.train_fixtures import REPO, TINY, cli_env, kill_group, make_dataset
 
 pytestmark = pytest.mark.ddp
@@ -220,3 +220,48 @@ def test_single_process_sigterm_with_a_worker_then_resume_is_exact(data, tmp_pat
     assert proc.returncode == 0, err[-3000:]
     assert "at step 2" in out
     _assert_same_weights(straight, run)
+
+
+def test_ctrl_c_checkpoints_exits_130_and_resumes_exactly(data, tmp_path):
+    """A first SIGINT to the group (Ctrl-C in a terminal) mid-step 2: the step ends, a checkpoint is
+    saved, exit 130; the same command resumes to the uninterrupted run's weights."""
+    from brats_seg.seg3d.config import load_config
+    from brats_seg.seg3d.trainer import train_3d
+
+    straight = tmp_path / "straight"
+    assert train_3d(load_config(None, [*SINGLE_STEPS, "data.num_workers=0"]), data, straight, False) == 0
+    run, markers = tmp_path / "run", tmp_path / "markers"
+    markers.mkdir()
+    env = dict(cli_env(), **{PAUSE_ENV: f"step@2:{PAUSE_S}", PAUSE_DIR_ENV: str(markers)})
+    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], env)
+    _wait_for(markers / "step-rank0", proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = _finish(proc)
+    left = _alive_in_group(proc.pid)
+    kill_group(proc)
+    assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
+    assert not left, f"processes {left} (the loader worker) outlived the run"
+    assert "Traceback" not in err and "stopped by Ctrl-C at step 2" in out and "exit 130" in out
+    assert _latest(run)["progress"]["step"] == 2
+    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], cli_env())
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    _assert_same_weights(straight, run)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(data, tmp_path):
+    run, markers = tmp_path / "run", tmp_path / "markers"
+    markers.mkdir()
+    env = dict(cli_env(), **{PAUSE_ENV: f"step@2:{3 * PAUSE_S}", PAUSE_DIR_ENV: str(markers)})
+    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], env)
+    _wait_for(markers / "step-rank0", proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = _finish(proc)
+    left = _alive_in_group(proc.pid)
+    kill_group(proc)
+    assert proc.returncode == EXIT_INTERRUPTED and time.monotonic() - started < 2 * PAUSE_S, err[-3000:]
+    assert not left, f"processes {left} (the loader worker) outlived the run"
+    assert "Traceback" not in err and "stopped by Ctrl-C" not in out  # no step-2 checkpoint: it stopped at once
