@@ -194,26 +194,43 @@ def test_sigterm_to_the_group_at_each_moment_then_resume_is_exact(data, referenc
 SINGLE_STEPS = [*TINY, "data.num_workers=1", "train.epochs=2", "train.steps_per_epoch=3", "data.fold=0"]
 
 
-def test_single_process_sigterm_with_a_worker_then_resume_is_exact(data, tmp_path):
-    """No torchrun: `brats-seg train` with one loader worker, SIGTERM to its group mid-step 2."""
+def _single_run(data: Path, run: Path, markers: Path, pause_s: float) -> subprocess.Popen:
+    """`brats-seg train` (one process, one loader worker) held inside step 2 for `pause_s`."""
+    markers.mkdir()
+    env = dict(cli_env(), **{PAUSE_ENV: f"step@2:{pause_s}", PAUSE_DIR_ENV: str(markers)})
+    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], env)
+    _wait_for(markers / "step-rank0", proc)
+    return proc
+
+
+def _ended(proc: subprocess.Popen) -> tuple[str, str]:
+    """(stdout, stderr) after the run exited, with nothing of its group (the worker) left."""
+    out, err = _finish(proc)
+    left = _alive_in_group(proc.pid)
+    kill_group(proc)
+    assert not left, f"processes {left} (the loader worker) outlived the run"
+    return out, err
+
+
+@pytest.mark.parametrize("signum,code,by", [(signal.SIGTERM, EXIT_PREEMPTED, "SIGTERM"),
+                                            (signal.SIGINT, EXIT_INTERRUPTED, "Ctrl-C")])
+def test_single_process_stop_with_a_worker_then_resume_is_exact(data, tmp_path, signum, code, by):
+    """No torchrun: `brats-seg train` with one loader worker, SIGTERM (pre-emption) or a first
+    SIGINT (Ctrl-C) to its group mid-step 2: the step ends, a checkpoint, exit 75 or 130; the same
+    command resumes to the uninterrupted run's weights."""
     from brats_seg.seg3d.config import load_config
     from brats_seg.seg3d.trainer import train_3d
 
     straight = tmp_path / "straight"
     assert train_3d(load_config(None, [*SINGLE_STEPS, "data.num_workers=0"]), data, straight, False) == 0
-    run, markers = tmp_path / "run", tmp_path / "markers"
-    markers.mkdir()
-    env = dict(cli_env(), **{PAUSE_ENV: f"step@2:{PAUSE_S}", PAUSE_DIR_ENV: str(markers)})
-    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], env)
-    _wait_for(markers / "step-rank0", proc)
-    os.killpg(proc.pid, signal.SIGTERM)
-    out, err = _finish(proc)
-    left = _alive_in_group(proc.pid)
-    kill_group(proc)
-    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
-    assert not left, f"processes {left} (the loader worker) outlived the run"
+    run = tmp_path / "run"
+    proc = _single_run(data, run, tmp_path / "markers", PAUSE_S)
+    os.killpg(proc.pid, signum)
+    out, err = _ended(proc)
+    assert proc.returncode == code, err[-3000:]
     _clean_stderr(err)
-    assert "stopped by SIGTERM at step 2" in out and _latest(run)["progress"]["step"] == 2
+    assert "Traceback" not in err and f"stopped by {by} at step 2" in out and f"exit {code}" in out
+    assert _latest(run)["progress"]["step"] == 2
     assert json.loads((run / "run.json").read_text())["status"] == "preempted"
     proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], cli_env())
     out, err = _finish(proc)
@@ -222,46 +239,12 @@ def test_single_process_sigterm_with_a_worker_then_resume_is_exact(data, tmp_pat
     _assert_same_weights(straight, run)
 
 
-def test_ctrl_c_checkpoints_exits_130_and_resumes_exactly(data, tmp_path):
-    """A first SIGINT to the group (Ctrl-C in a terminal) mid-step 2: the step ends, a checkpoint is
-    saved, exit 130; the same command resumes to the uninterrupted run's weights."""
-    from brats_seg.seg3d.config import load_config
-    from brats_seg.seg3d.trainer import train_3d
-
-    straight = tmp_path / "straight"
-    assert train_3d(load_config(None, [*SINGLE_STEPS, "data.num_workers=0"]), data, straight, False) == 0
-    run, markers = tmp_path / "run", tmp_path / "markers"
-    markers.mkdir()
-    env = dict(cli_env(), **{PAUSE_ENV: f"step@2:{PAUSE_S}", PAUSE_DIR_ENV: str(markers)})
-    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], env)
-    _wait_for(markers / "step-rank0", proc)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = _finish(proc)
-    left = _alive_in_group(proc.pid)
-    kill_group(proc)
-    assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
-    assert not left, f"processes {left} (the loader worker) outlived the run"
-    assert "Traceback" not in err and "stopped by Ctrl-C at step 2" in out and "exit 130" in out
-    assert _latest(run)["progress"]["step"] == 2
-    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], cli_env())
-    out, err = _finish(proc)
-    assert proc.returncode == 0, err[-3000:]
-    _assert_same_weights(straight, run)
-
-
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(data, tmp_path):
-    run, markers = tmp_path / "run", tmp_path / "markers"
-    markers.mkdir()
-    env = dict(cli_env(), **{PAUSE_ENV: f"step@2:{3 * PAUSE_S}", PAUSE_DIR_ENV: str(markers)})
-    proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], env)
-    _wait_for(markers / "step-rank0", proc)
+    proc = _single_run(data, tmp_path / "run", tmp_path / "markers", 3 * PAUSE_S)
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = _finish(proc)
-    left = _alive_in_group(proc.pid)
-    kill_group(proc)
+    out, err = _ended(proc)
     assert proc.returncode == EXIT_INTERRUPTED and time.monotonic() - started < 2 * PAUSE_S, err[-3000:]
-    assert not left, f"processes {left} (the loader worker) outlived the run"
     assert "Traceback" not in err and "stopped by Ctrl-C" not in out  # no step-2 checkpoint: it stopped at once
