@@ -129,8 +129,8 @@ def canonical_with_counts(labels: np.ndarray, convention: str, order: str = "K")
 
 
 def from_canonical(labels: np.ndarray, convention: str) -> np.ndarray:
-    """Canonical labels -> the requested on-disk convention (uint8); background is written as 0."""
-    inverse: dict[int, int] = {}
-    for src, dst in TO_CANONICAL[convention].items():
-        inverse.setdefault(dst, src)  # the first disk value of a class: 0, never BraTS 2024's cavity
+    """Canonical labels -> the requested on-disk convention (uint8); background is written as 0
+    (never BraTS 2024's cavity label 4, which also maps to canonical 0)."""
+    extra = set(EXTRA_REGIONS.get(convention, {}).values())
+    inverse = {dst: src for src, dst in TO_CANONICAL[convention].items() if src not in extra}
     return lookup_table(inverse)[np.asarray(labels).astype(np.int64)]
