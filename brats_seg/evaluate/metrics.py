@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from brats_seg.evaluate.dice import dice_binary
+from brats_seg.io.geometry import voxel_ml
 from brats_seg.io.labels import REGION_NAMES, region_masks
 
 HD95_EMPTY_MM = 373.13
@@ -62,14 +63,14 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing) -> dict[str, floa
     n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
     fp, fn = n_pred - tp, n_ref - tp
     tn = pred.size - tp - fp - fn
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    unit = voxel_ml(spacing)
     return {
         "dice": dice_binary(pred, ref),
         "hd95_mm": hd95_mm(pred, ref, spacing),
         "sensitivity": tp / n_ref if n_ref else 1.0,
         "specificity": tn / (tn + fp) if tn + fp else 1.0,
-        "volume_pred_ml": n_pred * voxel_ml,
-        "volume_truth_ml": n_ref * voxel_ml,
+        "volume_pred_ml": n_pred * unit,
+        "volume_truth_ml": n_ref * unit,
     }
 
 

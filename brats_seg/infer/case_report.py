@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from brats_seg.core.atomic import atomic_write_json, atomic_write_text
-from brats_seg.io.labels import CANONICAL_NAMES, REGIONS
+from brats_seg.io.geometry import voxel_ml
+from brats_seg.io.labels import CANONICAL_NAMES, REGIONS, region_masks
 
 REPORT_VERSION = 1
 UNCERTAIN_STD = 0.1  # a region's probability varies by at least 0.1 (std) between the passes
@@ -29,11 +30,6 @@ UNCERTAINTY_MEASURE = ("standard deviation of each region's probability over the
                        "overlapping windows (Gaussian-weighted), on the input grid")
 LABELS = {name: value for value, name in CANONICAL_NAMES.items() if value}  # NCR 1, ED 2, ET 3
 CSV_COLUMNS = ("id", *(f"{r}_ml" for r in REGIONS), *(f"{n}_ml" for n in LABELS if n not in REGIONS))
-
-
-def voxel_ml(spacing: Sequence[float]) -> float:
-    """One voxel's volume in mL (1 mL = 1000 mm^3)."""
-    return float(np.prod([float(s) for s in spacing])) / 1000.0
 
 
 def volumes(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:
@@ -51,8 +47,7 @@ def volumes(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:
 def uncertainty_scores(std: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) -> dict[str, dict]:
     """Per region (WT, TC, ET, the map's channels in that order): mean_in_region and uncertain_ml."""
     unit, out = voxel_ml(spacing), {}
-    for channel, (region, ids) in zip(std, REGIONS.items()):
-        inside = np.isin(labels, ids)
+    for channel, (region, inside) in zip(std, region_masks(labels).items()):
         mean = float(channel[inside].mean()) if inside.any() else None
         out[region] = {"mean_in_region": None if mean is None else round(mean, 6),
                        "uncertain_ml": _ml(int(np.count_nonzero(channel >= UNCERTAIN_STD)), unit)}

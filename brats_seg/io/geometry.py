@@ -6,7 +6,7 @@ same header geometry as the file it came from.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,3 +110,8 @@ def check_voxel_size(path: str | Path, spacing: Iterable[float], lo: float = VOX
     if not all(np.isfinite(v) and lo <= v <= hi for v in values):
         raise InputError(path, f"voxel size {_fmt(values)} mm is outside {lo:g} to {hi:g} mm per axis; expected a "
                                f"plausible MRI voxel size (check the header's units, or widen with {option} LO,HI)")
+
+
+def voxel_ml(spacing: Sequence[float]) -> float:
+    """One voxel's volume in mL (1 mL = 1000 mm^3), for volumes reported from voxel counts."""
+    return float(np.prod([float(s) for s in spacing])) / 1000.0
