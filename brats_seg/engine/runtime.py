@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sys
+import time
 from typing import Callable, ContextManager, Iterator
 
 import numpy as np
@@ -114,6 +115,7 @@ def make_scaler(device: torch.device, dtype: torch.dtype | None):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
 
 
+DUPLICATE_SIGINT_S = 1.0  # a SIGINT this soon after the first is the same Ctrl-C (forwarded), not a second one
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # loader workers ignore these: the rank decides
 
 
@@ -124,7 +126,9 @@ class StopFlag:
     The handler only sets the flag, so a signal in the middle of a step, a validation or a
     checkpoint write lets that work finish; the ranks agree to stop at the next stop vote. A
     second Ctrl-C is Python's KeyboardInterrupt (exit 130 at once, the last checkpoint intact:
-    checkpoint writes are atomic), for a user who will not wait for the step to end.
+    checkpoint writes are atomic), for a user who will not wait for the step to end. Under torchrun
+    one Ctrl-C reaches a rank twice (from the terminal, then forwarded by the agent), so a SIGINT
+    within DUPLICATE_SIGINT_S of the first counts as the same one.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -132,13 +136,17 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self.interrupted = False  # the stop came from SIGINT
+        self._first_interrupt = 0.0
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         if signum == signal.SIGINT:
+            now = time.monotonic()
             if self.interrupted:
+                if now - self._first_interrupt < DUPLICATE_SIGINT_S:
+                    return  # the same Ctrl-C again: torchrun's agent forwards the one the terminal sent
                 raise KeyboardInterrupt
-            self.interrupted = True
+            self.interrupted, self._first_interrupt = True, now
             print("interrupt: stopping after this step with a checkpoint (Ctrl-C again: stop now)",
                   file=sys.stderr, flush=True)
         self.requested = True

@@ -141,25 +141,28 @@ def test_two_ranks_with_workers_have_no_bucket_copy_warning(reference):
     assert info["status"] == "finished" and info["world_size"] == 2 and info["config"]["data"]["num_workers"] == 1
 
 
-def _preempted_at(data: Path, run: Path, tmp: Path, pause: str, marker: str) -> tuple[int, str]:
-    """One run (a restart when `run` holds a checkpoint) held at `pause`, SIGTERM to its process group
-    once `marker` appears; asserts the pre-emption contract, returns (checkpoint step, stdout)."""
+def _preempted_at(data: Path, run: Path, tmp: Path, pause: str, marker: str,
+                  signum: int = signal.SIGTERM) -> tuple[int, str]:
+    """One run (a restart when `run` holds a checkpoint) held at `pause`, SIGTERM (or SIGINT: Ctrl-C)
+    to its process group once `marker` appears; asserts the pre-emption contract, returns
+    (checkpoint step, stdout)."""
+    code, by = (EXIT_INTERRUPTED, "Ctrl-C") if signum == signal.SIGINT else (EXIT_PREEMPTED, "SIGTERM")
     exits, markers = tmp / f"exits-{marker}", tmp / f"markers-{marker}"
     exits.mkdir()
     markers.mkdir()
     proc = _torchrun(data, run, exits, pause, markers)
     _wait_for(markers / marker, proc)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signum)
     out, err = _finish(proc)
     left = _alive_in_group(proc.pid)
     kill_group(proc)
     assert not left, f"processes {left} (a rank or a loader worker) outlived the job"
     codes = {p.name: p.read_text().strip() for p in exits.iterdir()}
-    assert codes == {"rank0": str(EXIT_PREEMPTED), "rank1": str(EXIT_PREEMPTED)}, (codes, err[-3000:])
+    assert codes == {"rank0": str(code), "rank1": str(code)}, (codes, err[-3000:])
     _clean_stderr(err)
     assert json.loads((run / "run.json").read_text())["status"] == "preempted"
     step = _latest(run)["progress"]["step"]  # readable with weights_only=True
-    assert f"stopped by SIGTERM at step {step}" in out
+    assert f"stopped by {by} at step {step}" in out
     return step, out
 
 
@@ -189,6 +192,21 @@ def test_sigterm_to_the_group_at_each_moment_then_resume_is_exact(data, referenc
     _assert_same_weights(reference[0], run)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and [r["step"] for r in info["resumed"]] == [2, 3, 5]
+
+
+def test_ctrl_c_to_a_torchrun_job_checkpoints_every_rank_then_resumes_exactly(data, reference, tmp_path):
+    """One Ctrl-C: SIGINT to the group (agent and ranks), which torchrun's agent forwards to the
+    ranks once more; the step ends, rank 0 saves, both ranks exit 130, and the same command
+    finishes where the uninterrupted run did."""
+    run = tmp_path / "run"
+    step, _ = _preempted_at(data, run, tmp_path, "step@2", "step-rank1", signal.SIGINT)
+    assert step == 2
+    exits = tmp_path / "exits-final"
+    exits.mkdir()
+    proc = _torchrun(data, run, exits)
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    _assert_same_weights(reference[0], run)
 
 
 SINGLE_STEPS = [*TINY, "data.num_workers=1", "train.epochs=2", "train.steps_per_epoch=3", "data.fold=0"]
@@ -242,7 +260,7 @@ def test_single_process_stop_with_a_worker_then_resume_is_exact(data, tmp_path, 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(data, tmp_path):
     proc = _single_run(data, tmp_path / "run", tmp_path / "markers", 3 * PAUSE_S)
     os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(1.5)  # past DUPLICATE_SIGINT_S: a second Ctrl-C, not the first one forwarded
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     out, err = _ended(proc)
