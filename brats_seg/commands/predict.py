@@ -80,6 +80,12 @@ def _add_missing_uncertainty_amp(p: argparse.ArgumentParser) -> None:
                         "float32); ignored on CPU")
 
 
+def check_args(args: argparse.Namespace) -> str:
+    """The flags' values and combinations, checked without reading any file: 'case' or 'manifest'.
+    Pipeline files call it when they are planned, so a bad value fails before the first stage."""
+    return _check_args(args)
+
+
 def _check_args(args: argparse.Namespace) -> str:
     files = [c for c in FILE_CHANNELS if getattr(args, c) is not None]
     chosen = [name for name, given in (("--case", args.case), ("--t1/--t1ce/--t2/--flair", files),

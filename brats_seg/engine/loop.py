@@ -17,7 +17,8 @@ Pre-emption (SIGTERM, to the rank or its whole process group): loader workers ig
 hand finishes; the next stop vote (after every step, and at the start of every epoch) stops all
 ranks at the same step, rank 0 saves (unless that state is saved already) and writes run.json
 "preempted", every rank waits for it at a barrier, closes its loader workers and exits 75. A first
-Ctrl-C (SIGINT) stops the same way and exits 130; a second one stops at once (KeyboardInterrupt).
+Ctrl-C (SIGINT) stops the same way, with run.json "interrupted" (launch scripts requeue "preempted"
+only), and exits 130; a second one stops at once (KeyboardInterrupt).
 
 Exit codes: see brats_seg.engine.runtime (0 done, 1 non-finite, 2 bad input, 75 pre-empted by SIGTERM, 130 stopped by Ctrl-C).
 """
@@ -284,7 +285,7 @@ def finish(state: TrainState, session: Session, status: str) -> None:
     if not state.info.is_main:
         return
     session.run_info["status"] = {"finished": "finished", "budget": "finished (time budget)",
-                                  "preempted": "preempted"}[status]
+                                  "preempted": "interrupted" if session.stop.interrupted else "preempted"}[status]
     write_run_info(state.run_dir, session.run_info)
     if status == "preempted":
         by = "Ctrl-C" if session.stop.interrupted else "SIGTERM"

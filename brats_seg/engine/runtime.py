@@ -121,34 +121,36 @@ WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # loader workers ignore these:
 
 class StopFlag:
     """Sets `requested` on SIGTERM (cluster pre-emption) or a first SIGINT (Ctrl-C); the loop
-    checkpoints and exits 75 (SIGTERM) or 130 (Ctrl-C).
+    checkpoints and exits 75 (SIGTERM: run.json "preempted", which the launch scripts requeue) or
+    130 (Ctrl-C first: run.json "interrupted", not requeued).
 
-    The handler only sets the flag, so a signal in the middle of a step, a validation or a
-    checkpoint write lets that work finish; the ranks agree to stop at the next stop vote. A
-    second Ctrl-C is Python's KeyboardInterrupt (exit 130 at once, the last checkpoint intact:
-    checkpoint writes are atomic), for a user who will not wait for the step to end. Under torchrun
-    one Ctrl-C reaches a rank twice (from the terminal, then forwarded by the agent), so a SIGINT
-    within DUPLICATE_SIGINT_S of the first counts as the same one.
+    The handler sets flags (and writes one line for Ctrl-C), so a signal in the middle of a step, a
+    validation or a checkpoint write lets that work finish; the ranks agree to stop at the next
+    stop vote. A second Ctrl-C is Python's KeyboardInterrupt (exit 130 at once, the last checkpoint
+    intact: checkpoint writes are atomic), for a user who will not wait for the step to end; it
+    takes effect between Python operations, so after the native call in hand (a convolution).
+    Under torchrun one Ctrl-C reaches a rank twice (from the terminal, then forwarded by the
+    agent), so a SIGINT within DUPLICATE_SIGINT_S of the first counts as the same one.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.requested = False
-        self.interrupted = False  # the stop came from SIGINT
-        self._first_interrupt = 0.0
+        self.interrupted = False  # the first stop request was a SIGINT
+        self._first_interrupt: float | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         if signum == signal.SIGINT:
             now = time.monotonic()
-            if self.interrupted:
+            if self._first_interrupt is not None:
                 if now - self._first_interrupt < DUPLICATE_SIGINT_S:
                     return  # the same Ctrl-C again: torchrun's agent forwards the one the terminal sent
                 raise KeyboardInterrupt
-            self.interrupted, self._first_interrupt = True, now
-            print("interrupt: stopping after this step with a checkpoint (Ctrl-C again: stop now)",
-                  file=sys.stderr, flush=True)
+            self._first_interrupt = now
+            self.interrupted = not self.requested
+            os.write(2, b"interrupt: stopping after this step with a checkpoint (Ctrl-C again: stop now)\n")
         self.requested = True
 
     def install(self) -> "StopFlag":

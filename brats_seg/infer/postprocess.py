@@ -7,8 +7,8 @@
 - Tiny disconnected tumour components removed: isolated specks far from the tumour are noise.
 - Components small beside the largest removed (a fraction of its volume): a short-trained model's
   false positives are blobs away from the tumour, whose size an absolute threshold cannot know
-  in advance; 1.0 keeps the largest component only (wrong for multifocal tumours, so chosen by
-  cross-validation, `bench learn`).
+  in advance; 1.0 keeps the largest component only (and any tied with it; wrong for multifocal
+  tumours, so chosen by cross-validation, `bench learn`).
 
 Thresholds are in mm³ so that they mean the same at any voxel size; pass voxel_mm3=1 to think in
 voxels. 0 disables a rule (the default, since a good value depends on the data and the model).
@@ -45,7 +45,12 @@ class PostprocessConfig:
             raise ValueError(f"connectivity must be 1, 2 or 3, got {self.connectivity}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings; min_component_fraction only when on, so that masks made before the rule
+        existed keep their skip key (infer.batch) and are not predicted again."""
+        d = asdict(self)
+        if not d["min_component_fraction"]:
+            del d["min_component_fraction"]
+        return d
 
 
 def relabel_small_et(labels: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarray:

@@ -37,7 +37,7 @@ def command_parser(command: str, where: str) -> argparse.ArgumentParser:
     cmd = importlib.import_module(f"brats_seg.commands.{module}")
     parser = argparse.ArgumentParser(prog=f"brats-seg {command}", description=help_text, add_help=False)
     cmd.configure(parser)
-    parser.set_defaults(_run=cmd.run)
+    parser.set_defaults(_run=cmd.run, _check=getattr(cmd, "check_args", None))
 
     def error(message: str) -> NoReturn:
         raise InputError(where, f"{message}; expected the options `brats-seg {command} --help` lists")
@@ -84,7 +84,12 @@ class Stage:
         inputs = [Path(p) for k in (*self.input_params, *self.config_params) if k in params for p in _as_list(params[k])]
         out = Path(params[self.output])
         argv = self._argv(parser, actions, params, where)
-        parser.parse_args(argv[1:])  # every type, choice and required flag, before anything runs
+        parsed = parser.parse_args(argv[1:])  # every type, choice and required flag, before anything runs
+        if parsed._check is not None:  # and the values' ranges, where the command can check them alone
+            try:
+                parsed._check(parsed)
+            except InputError as exc:
+                raise InputError(where, f"{exc.where}: {exc.message}") from None
         return StageContext(argv, list(dict.fromkeys(inputs)), [out / self.output_file if self.output_file else out], out)
 
     def _argv(self, parser: argparse.ArgumentParser, actions: dict[str, argparse.Action], params: dict,

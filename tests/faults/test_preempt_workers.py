@@ -146,7 +146,8 @@ def _preempted_at(data: Path, run: Path, tmp: Path, pause: str, marker: str,
     """One run (a restart when `run` holds a checkpoint) held at `pause`, SIGTERM (or SIGINT: Ctrl-C)
     to its process group once `marker` appears; asserts the pre-emption contract, returns
     (checkpoint step, stdout)."""
-    code, by = (EXIT_INTERRUPTED, "Ctrl-C") if signum == signal.SIGINT else (EXIT_PREEMPTED, "SIGTERM")
+    code, by, status = ((EXIT_INTERRUPTED, "Ctrl-C", "interrupted") if signum == signal.SIGINT
+                        else (EXIT_PREEMPTED, "SIGTERM", "preempted"))
     exits, markers = tmp / f"exits-{marker}", tmp / f"markers-{marker}"
     exits.mkdir()
     markers.mkdir()
@@ -160,7 +161,7 @@ def _preempted_at(data: Path, run: Path, tmp: Path, pause: str, marker: str,
     codes = {p.name: p.read_text().strip() for p in exits.iterdir()}
     assert codes == {"rank0": str(code), "rank1": str(code)}, (codes, err[-3000:])
     _clean_stderr(err)
-    assert json.loads((run / "run.json").read_text())["status"] == "preempted"
+    assert json.loads((run / "run.json").read_text())["status"] == status  # launch scripts requeue "preempted"
     step = _latest(run)["progress"]["step"]  # readable with weights_only=True
     assert f"stopped by {by} at step {step}" in out
     return step, out
@@ -230,9 +231,9 @@ def _ended(proc: subprocess.Popen) -> tuple[str, str]:
     return out, err
 
 
-@pytest.mark.parametrize("signum,code,by", [(signal.SIGTERM, EXIT_PREEMPTED, "SIGTERM"),
-                                            (signal.SIGINT, EXIT_INTERRUPTED, "Ctrl-C")])
-def test_single_process_stop_with_a_worker_then_resume_is_exact(data, tmp_path, signum, code, by):
+@pytest.mark.parametrize("signum,code,by,status", [(signal.SIGTERM, EXIT_PREEMPTED, "SIGTERM", "preempted"),
+                                                   (signal.SIGINT, EXIT_INTERRUPTED, "Ctrl-C", "interrupted")])
+def test_single_process_stop_with_a_worker_then_resume_is_exact(data, tmp_path, signum, code, by, status):
     """No torchrun: `brats-seg train` with one loader worker, SIGTERM (pre-emption) or a first
     SIGINT (Ctrl-C) to its group mid-step 2: the step ends, a checkpoint, exit 75 or 130; the same
     command resumes to the uninterrupted run's weights."""
@@ -249,7 +250,7 @@ def test_single_process_stop_with_a_worker_then_resume_is_exact(data, tmp_path, 
     _clean_stderr(err)
     assert "Traceback" not in err and f"stopped by {by} at step 2" in out and f"exit {code}" in out
     assert _latest(run)["progress"]["step"] == 2
-    assert json.loads((run / "run.json").read_text())["status"] == "preempted"
+    assert json.loads((run / "run.json").read_text())["status"] == status
     proc = _start([sys.executable, "-m", "brats_seg", *_args(data, run, SINGLE_STEPS)], cli_env())
     out, err = _finish(proc)
     assert proc.returncode == 0, err[-3000:]

@@ -118,3 +118,15 @@ def test_cli_reports_a_failing_stage_in_one_line(tmp_path: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if line.startswith("error: ")]
     assert len(errors) == 1 and "missing" in errors[0] and not any("Traceback" in line for line in err)
+
+
+@pytest.mark.parametrize("option,value", [("min_component_fraction", 1.5), ("et_min_mm3", -1), ("overlap", 1.0)])
+def test_a_bad_predict_value_fails_when_planned_before_any_stage_runs(tmp_path: Path, option, value):
+    """A value only predict's own checks know is out of range stops the file before stage 0 (which
+    here would train for minutes first)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - stage: synth\n    out: raw\n"
+                   f"  - stage: predict\n    model: train\n    manifest: raw.json\n    out: pred\n    {option}: {value}\n")
+    with pytest.raises(InputError, match=f"stages/1 \\(predict\\): --{option.replace('_', '-')}"):
+        run_pipeline(bad, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

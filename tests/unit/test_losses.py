@@ -200,3 +200,17 @@ def test_bad_region_weights_are_refused(weights):
 def test_region_weights_refused_in_labels_mode():
     with pytest.raises(ValueError, match="regions"):
         DiceCELoss("labels", region_weights=[1, 1, 2])
+
+
+def test_the_trainer_builds_its_loss_with_the_configs_region_weights(tmp_path):
+    from brats_seg.seg3d.config import load_config
+    from brats_seg.seg3d.data import open_dataset
+    from brats_seg.seg3d.trainer import build_3d
+    from tests.train_fixtures import TINY, make_dataset
+
+    path = make_dataset(tmp_path, n_cases=2, shape=(16, 16, 16))
+    cfg = load_config(None, [*TINY, "loss.region_weights=[1,2,3]", "data.fold=-1"])
+    weights = build_3d(cfg, open_dataset(path, cfg)).loss_fn.base.region_weights
+    assert weights.tolist() == pytest.approx([0.5, 1.0, 1.5])
+    plain = load_config(None, [*TINY, "data.fold=-1"])
+    assert build_3d(plain, open_dataset(path, plain)).loss_fn.base.region_weights is None

@@ -94,3 +94,9 @@ def test_components_below_a_fraction_of_the_largest_removed():
 def test_bad_fraction_is_refused(fraction):
     with pytest.raises(ValueError, match="min_component_fraction"):
         PostprocessConfig(min_component_fraction=fraction)
+
+
+def test_settings_keep_their_old_key_while_the_fraction_is_off():
+    """predict's skip key (infer.batch) holds these settings: masks made before the rule existed stay current."""
+    assert PostprocessConfig().to_dict() == {"et_min_mm3": 0.0, "min_component_mm3": 0.0, "connectivity": 3}
+    assert PostprocessConfig(min_component_fraction=0.25).to_dict()["min_component_fraction"] == 0.25
