@@ -161,7 +161,8 @@ def bench_learn(opts: LearnOptions) -> dict:
         "et_grid_mm3": list(opts.et_grid), "fold_runs": records, "out": str(opts.out),
         "variants": {name: {"predict_args": list(opts.variants[name]), "mean": region_means(m["cases"]),
                             "cases": m["cases"], "et_threshold": study(m["thresholds"]),
-                            "components": component_study(m["components"])}
+                            "components": component_study(m["components"],
+                                                          {cid: c["fold"] for cid, c in m["cases"].items()})}
                      for name, m in merged.items()},
     }
     atomic_write_json(opts.out / "learn.json", report)

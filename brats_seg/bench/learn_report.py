@@ -92,7 +92,8 @@ def format_report(report: dict) -> str:
         parts += ["", f"ET threshold by cross-validation ({name}): chosen {v['et_threshold']['chosen_et_min_mm3']:g} mm^3",
                   threshold_table_md(v["et_threshold"]), "",
                   f"Component rule by cross-validation ({name}): chosen {v['components']['chosen']['predict_args']} "
-                  f"({v['components']['gain_over_none']:+.4f} mean Dice over none)",
+                  f"({v['components']['gain_over_none']:+.4f} mean Dice over none on the cases it was chosen on; "
+                  f"{v['components']['nested_gain_over_none']:+.4f} when each fold's rule is chosen on the other folds)",
                   component_table_md(v["components"]), "", f"Per case ({name}):", cases_table(v["cases"])]
     parts += ["", "Folds:", folds_table(report["fold_runs"]), "", f"-> {report['out']}"]
     return "\n".join(parts)

@@ -56,3 +56,25 @@ def test_rule_names_are_predict_flags():
     assert rule_name((0.0, 0.0)) == "none"
     assert rule_name((0.0, 0.5)) == "--min-component-fraction 0.5"
     assert rule_name((100.0, 0.5)) == "--min-component-mm3 100 --min-component-fraction 0.5"
+
+
+def test_nested_estimate_chooses_each_folds_rule_on_the_other_folds():
+    truth = _tumour()
+    blob = truth.copy()
+    blob[18:23, 18:23, 18:23] = 2        # a false blob: removing it helps
+    satellite = truth.copy()
+    satellite[18:23, 18:23, 18:23] = 2   # a real satellite, predicted: removing it hurts
+    per_case = {"A": component_scores(blob, truth, SPACING), "B": component_scores(blob, truth, SPACING),
+                "C": component_scores(satellite, satellite, SPACING)}
+    folds = {"A": 0, "B": 1, "C": 2}
+    result = component_study(per_case, folds)
+    nested = result["nested"]
+    # fold 2 (C) is scored with the rule that folds 0-1 chose (removal): its satellite is lost
+    assert nested["rule_per_fold"][2] == result["chosen"]["predict_args"] != "none"
+    assert nested["rule_per_fold"][0] == nested["rule_per_fold"][1] == "none"  # A+C or B+C: removal costs C more than it gains
+    c_removed = next(r for r in per_case["C"] if (r["min_component_mm3"], r["min_component_fraction"]) ==
+                     (result["chosen"]["min_component_mm3"], result["chosen"]["min_component_fraction"]))
+    want_wt = (per_case["A"][0]["WT_dice"] + per_case["B"][0]["WT_dice"] + c_removed["WT_dice"]) / 3
+    assert nested["mean_WT_dice"] == pytest.approx(want_wt)
+    assert result["nested_gain_over_none"] < result["gain_over_none"]
+    assert component_study(per_case)["nested"] is None
