@@ -7,8 +7,10 @@ components is `brats-seg predict --min-component-mm3 V` (below V mm³) or
 Either can also delete a real satellite lesion, so, as with the ET threshold
 (bench/learn_threshold.py), `bench learn` applies the very same `postprocess` function to every
 held-out case's saved mask for each rule of a fixed grid and keeps the rule with the highest
-mean Dice over WT, TC and ET; among ties the first of the grid, which is ordered from no
-post-processing upwards. The ET rule is chosen separately, on the masks without this one.
+mean Dice over WT, TC and ET; among ties the first of the grid (no post-processing first, then
+absolute thresholds, then fractions). The ET rule is chosen separately, on the masks without this
+one. The chosen rule's mean is optimistic, picked on the cases it is scored on; nested_estimate
+says what the choice is worth on cases it did not see.
 """
 from __future__ import annotations
 
