@@ -12,7 +12,6 @@ import contextlib
 import os
 import random
 import signal
-import sys
 import time
 from typing import Callable, ContextManager, Iterator
 
