@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from brats_seg.bench.learn_threshold import grid_columns
 from brats_seg.evaluate.dice import dice_binary
 from brats_seg.infer.postprocess import PostprocessConfig, postprocess
 from brats_seg.io.labels import REGION_NAMES, region_masks
@@ -57,12 +58,8 @@ def component_scores(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[floa
 
 def component_table(per_case: dict[str, list[dict]]) -> list[dict]:
     """Per rule: mean Dice per region and over the three regions (grid order)."""
-    if not per_case:
-        raise ValueError("no case to choose a component rule from")
-    cases = list(per_case.values())
     table = []
-    for i, first in enumerate(cases[0]):
-        column = [case[i] for case in cases]
+    for first, column in grid_columns(per_case, "a component rule"):
         means = {f"mean_{r}_dice": float(np.mean([c[f"{r}_dice"] for c in column])) for r in REGION_NAMES}
         table.append({"min_component_mm3": first["min_component_mm3"],
                       "min_component_fraction": first["min_component_fraction"], "n_cases": len(column),

@@ -52,14 +52,20 @@ def case_scores(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
     return rows
 
 
+def grid_columns(per_case: dict[str, list[dict]], what: str) -> Iterator[tuple[dict, list[dict]]]:
+    """(first case's row, every case's row) for each entry of a post-processing grid, in grid
+    order: what the tables of the ET threshold and the component rule average over."""
+    if not per_case:
+        raise ValueError(f"no case to choose {what} from")
+    cases = list(per_case.values())
+    for i, first in enumerate(cases[0]):
+        yield first, [case[i] for case in cases]
+
+
 def threshold_table(per_case: dict[str, list[dict]]) -> list[dict]:
     """Mean ET Dice, TC Dice and ET HD95 over the cases, one row per threshold (grid order)."""
-    if not per_case:
-        raise ValueError("no case to choose an ET threshold from")
-    rows = list(per_case.values())
     table = []
-    for i, first in enumerate(rows[0]):
-        column = [case[i] for case in rows]
+    for first, column in grid_columns(per_case, "an ET threshold"):
         table.append({"et_min_mm3": first["et_min_mm3"], "n_cases": len(column),
                       **{f"mean_{k}": float(np.mean([c[k] for c in column]))
                          for k in ("et_dice", "tc_dice", "et_hd95_mm")},
