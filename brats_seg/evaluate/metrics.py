@@ -19,7 +19,6 @@ import numpy as np
 
 from brats_seg.evaluate.dice import dice_binary
 from brats_seg.io.geometry import voxel_ml
-from brats_seg.io.labels import REGION_NAMES, region_masks
 
 HD95_EMPTY_MM = 373.13
 METRICS = ("dice", "hd95_mm", "sensitivity", "specificity", "volume_pred_ml", "volume_truth_ml")
@@ -72,14 +71,6 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing) -> dict[str, floa
         "volume_pred_ml": n_pred * unit,
         "volume_truth_ml": n_ref * unit,
     }
-
-
-def region_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, spacing) -> dict[str, dict[str, float]]:
-    """{'WT': {...}, 'TC': {...}, 'ET': {...}} from two canonical label maps on the same grid."""
-    if pred_labels.shape != ref_labels.shape:
-        raise ValueError(f"prediction shape {pred_labels.shape} does not match truth shape {ref_labels.shape}")
-    p, r = region_masks(pred_labels), region_masks(ref_labels)
-    return {name: binary_metrics(p[name], r[name], spacing) for name in REGION_NAMES}
 
 
 def summarise(values: list[float]) -> dict[str, float | int | None]:

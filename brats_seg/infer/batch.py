@@ -6,6 +6,7 @@ Output folder:
   probabilities/<id>.nii.gz   optional float32 4D (X, Y, Z, K)
   uncertainty/<id>.nii.gz     optional (--uncertainty, needs --tta) float32 4D TTA std of WT, TC, ET
   qa/<id>.png                 optional QA picture
+  (an optional file a case's new prediction was not asked for is removed: it described the old mask)
   cases/<id>.json             sidecar written after the mask: the entry and the key it was made for
   predictions.json            stage "predictions" (shards: shards/predictions.shard-I-of-N.json,
                               merged into predictions.json by whichever shard finishes last)
@@ -164,5 +165,15 @@ def _predict_case(segmenter, case: dict, root: Path, out_dir: Path, opts: BatchO
         write_qa_png(result.labels, qa_images(result.inputs), result.geometry, out_dir / qrel, cid,
                      uncertainty=result.uncertainty)
         entry["qa"] = qrel
+    drop_unrequested(out_dir, cid, opts)
     entry["timings"] = result.timings
     return entry
+
+
+def drop_unrequested(out_dir: Path, cid: str, opts: BatchOptions) -> None:
+    """Remove optional outputs an earlier run wrote for this case and this run did not ask for: a
+    probability or uncertainty map left beside a new mask would pass for that mask's."""
+    for wanted, rel in ((opts.probabilities, f"{PROBS}/{cid}.nii.gz"), (opts.uncertainty, f"{UNCERTAINTY}/{cid}.nii.gz"),
+                        (opts.qa, f"{QA}/{cid}.png")):
+        if not wanted:
+            (Path(out_dir) / rel).unlink(missing_ok=True)

@@ -122,3 +122,9 @@ def test_batch_writes_one_map_per_case(tmp_path, run, run_cli):
     assert header.endswith("WT_uncertainty,TC_uncertainty,ET_uncertainty")
     code, _, err = run_cli(*args, "--uncertainty")
     assert code == 0 and "0 done, 2 skipped" in err
+    code, _, err = run_cli(*args, "--qa")  # the same cases without the map: the old maps must go
+    assert code == 0 and "2 done, 0 skipped" in err, err
+    assert not any((tmp_path / "p" / "uncertainty").glob("*.nii.gz"))
+    assert all("uncertainty" not in e for e in json.loads((tmp_path / "p" / "predictions.json").read_text())["cases"])
+    code, _, err = run_cli(*args)
+    assert code == 0 and not any((tmp_path / "p" / "qa").glob("*.png")), err

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from brats_seg.evaluate.stage import evaluate
-from brats_seg.evaluate.metrics import HD95_EMPTY_MM, binary_metrics, hd95_mm, region_metrics
+from brats_seg.evaluate.metrics import HD95_EMPTY_MM, binary_metrics, hd95_mm
+from brats_seg.io.labels import region_masks
 
 torch.set_num_threads(1)
 
@@ -80,7 +81,8 @@ def test_regions_from_labels():
     ref[5:7, 5:7, 5:7] = 3
     pred = ref.copy()
     pred[pred == 3] = 1  # enhancing tumour called necrosis: WT and TC unchanged, ET missed
-    scores = region_metrics(pred, ref, (1, 1, 1))
+    p, r = region_masks(pred), region_masks(ref)
+    scores = {name: binary_metrics(p[name], r[name], (1, 1, 1)) for name in ("WT", "TC", "ET")}
     assert scores["WT"]["dice"] == 1.0 and scores["TC"]["dice"] == 1.0
     assert scores["ET"]["dice"] == 0.0 and scores["ET"]["hd95_mm"] == HD95_EMPTY_MM
     assert scores["TC"]["volume_truth_ml"] == pytest.approx(0.064)
