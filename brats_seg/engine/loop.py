@@ -293,3 +293,17 @@ def finish(state: TrainState, session: Session, status: str) -> None:
               "continue with the same command plus --resume (or --auto-resume)", flush=True)
     else:
         print(f"training {session.run_info['status']} at step {state.progress.step}", flush=True)
+        warn_unspent_budget(state, session, status)
+
+
+UNSPENT_BUDGET = 0.9  # the planned steps ran out before this share of the time budget was spent
+
+
+def warn_unspent_budget(state: TrainState, session: Session, status: str) -> None:
+    """Say so when epochs x steps_per_epoch (or max_steps) ended a budgeted run early: where the
+    budget was meant to decide, the rest of it went unused (a recipe sized for a slower machine)."""
+    budget, elapsed = session.cfg.train.time_budget_s, state.progress.elapsed_s
+    if status == "finished" and budget > 0 and elapsed < UNSPENT_BUDGET * budget:
+        print(f"note: the planned {session.total} steps (train.epochs x steps_per_epoch, or train.max_steps) ended "
+              f"training after {elapsed:.0f} s of the {budget:.0f} s budget; raise train.epochs to spend all of it",
+              flush=True)
