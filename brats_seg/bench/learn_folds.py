@@ -91,7 +91,7 @@ def run_logged(argv: list[str], log: Path, what: str) -> float:
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env()).returncode
+        rc = wait_through_ctrl_c(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env()))
     seconds = time.monotonic() - start
     if rc == 0:
         return seconds
@@ -101,6 +101,24 @@ def run_logged(argv: list[str], log: Path, what: str) -> float:
         raise InputError(what, f"{detail} (log: {log})")
     raise StepFailed(f"{what} failed with exit code {rc}: {detail}; see {log}, then rerun bench learn (finished "
                      "folds are kept)")
+
+
+CHILD_STOP_S = 300.0  # how long a Ctrl-C'd child may take to checkpoint and exit before it is killed
+
+
+def wait_through_ctrl_c(proc: subprocess.Popen) -> int:
+    """The child's exit code. A Ctrl-C reaches the child too (same process group): the child then
+    checkpoints and exits (train: 130), so wait for that rather than kill it mid-save as
+    subprocess.run does; a second Ctrl-C, or CHILD_STOP_S, kills it. Re-raises the interrupt."""
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=CHILD_STOP_S)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def train_state(fold: Fold, config_sha: str, budget_s: float) -> str:

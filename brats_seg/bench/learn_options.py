@@ -99,10 +99,10 @@ def parse_predict_args(args: Sequence[str]) -> argparse.Namespace:
 def _check_values(ns: argparse.Namespace) -> None:
     """predict's own checks of the values (--overlap nan, --uncertainty without --tta, ...), now rather
     than after the first fold has trained; each error line names --predict-args."""
-    from brats_seg.commands.predict import check_options
+    from brats_seg.commands.predict import check_args
 
     try:
-        check_options(ns)
+        check_args(ns)
     except InputError as exc:
         raise InputError("--predict-args", f"{exc}; expected valid `brats-seg predict` options") from None
 

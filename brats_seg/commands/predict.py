@@ -80,12 +80,6 @@ def _add_missing_uncertainty_amp(p: argparse.ArgumentParser) -> None:
                         "float32); ignored on CPU")
 
 
-def check_args(args: argparse.Namespace) -> str:
-    """The flags' values and combinations, checked without reading any file: 'case' or 'manifest'.
-    Pipeline files call it when they are planned, so a bad value fails before the first stage."""
-    return _check_args(args)
-
-
 def _check_args(args: argparse.Namespace) -> str:
     files = [c for c in FILE_CHANNELS if getattr(args, c) is not None]
     chosen = [name for name, given in (("--case", args.case), ("--t1/--t1ce/--t2/--flair", files),
@@ -121,9 +115,10 @@ def _check_args(args: argparse.Namespace) -> str:
     return "manifest" if args.manifest else "case"
 
 
-def check_options(args: argparse.Namespace) -> str:
-    """Every value check of the options that reads no file ('case' or 'manifest'); `bench learn`
-    runs it on its --predict-args before a fold trains."""
+def check_args(args: argparse.Namespace) -> str:
+    """Every value check of the options that reads no file: 'case' or 'manifest'. Pipeline files
+    call it when they are planned and `bench learn` on its --predict-args, so a bad value fails
+    before anything trains."""
     kind = _check_args(args)
     if args.tta:
         _axes(args.tta_axes)

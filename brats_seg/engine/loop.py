@@ -300,10 +300,13 @@ UNSPENT_BUDGET = 0.9  # the planned steps ran out before this share of the time 
 
 
 def warn_unspent_budget(state: TrainState, session: Session, status: str) -> None:
-    """Say so when epochs x steps_per_epoch (or max_steps) ended a budgeted run early: where the
-    budget was meant to decide, the rest of it went unused (a recipe sized for a slower machine)."""
-    budget, elapsed = session.cfg.train.time_budget_s, state.progress.elapsed_s
-    if status == "finished" and budget > 0 and elapsed < UNSPENT_BUDGET * budget:
-        print(f"note: the planned {session.total} steps (train.epochs x steps_per_epoch, or train.max_steps) ended "
-              f"training after {elapsed:.0f} s of the {budget:.0f} s budget; raise train.epochs to spend all of it",
-              flush=True)
+    """Say so when the planned steps ended a budgeted run early: where the budget was meant to
+    decide, the rest of it went unused (a recipe sized for a slower machine). Names the bound."""
+    train = session.cfg.train
+    budget, elapsed = train.time_budget_s, state.progress.elapsed_s
+    if status != "finished" or budget <= 0 or elapsed >= UNSPENT_BUDGET * budget:
+        return
+    capped = train.max_steps and session.total < train.epochs * epoch_steps(session.cfg, state.info.world_size)
+    bound = "train.max_steps" if capped else "train.epochs"
+    print(f"note: the planned {session.total} steps ended training after {elapsed:.0f} s of the {budget:.0f} s "
+          f"budget; raise {bound} to spend all of it", flush=True)

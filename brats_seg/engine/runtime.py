@@ -128,8 +128,9 @@ class StopFlag:
     stop vote. A second Ctrl-C is Python's KeyboardInterrupt (exit 130 at once, the last checkpoint
     intact: checkpoint writes are atomic), for a user who will not wait for the step to end; it
     takes effect between Python operations, so after the native call in hand (a convolution).
-    Under torchrun one Ctrl-C reaches a rank twice (from the terminal, then forwarded by the
-    agent), so a SIGINT within DUPLICATE_SIGINT_S of the first counts as the same one.
+    Under torchrun one Ctrl-C can reach a rank twice (from the terminal, where the rank shares its
+    process group, then forwarded by the agent), so there a SIGINT within DUPLICATE_SIGINT_S of the
+    first counts as the same one; a single process takes every second Ctrl-C as one.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -144,12 +145,13 @@ class StopFlag:
         if signum == signal.SIGINT:
             now = time.monotonic()
             if self._first_interrupt is not None:
-                if now - self._first_interrupt < DUPLICATE_SIGINT_S:
+                if now - self._first_interrupt < DUPLICATE_SIGINT_S and "TORCHELASTIC_RUN_ID" in os.environ:
                     return  # the same Ctrl-C again: torchrun's agent forwards the one the terminal sent
                 raise KeyboardInterrupt
             self._first_interrupt = now
             self.interrupted = not self.requested
-            os.write(2, b"interrupt: stopping after this step with a checkpoint (Ctrl-C again: stop now)\n")
+            with contextlib.suppress(OSError):  # stderr closed: the stop must still be recorded
+                os.write(2, b"interrupt: stopping after this step with a checkpoint (Ctrl-C again: stop now)\n")
         self.requested = True
 
     def install(self) -> "StopFlag":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -125,7 +126,13 @@ class Stage:
     def run(self, ctx: StageContext, where: str) -> None:
         """The command's own run(), so its InputError reaches the user as the one error line."""
         args = command_parser(self.command, where).parse_args(ctx.argv[1:])
+        from brats_seg.engine.runtime import EXIT_INTERRUPTED, EXIT_PREEMPTED
+
         code = int(args._run(args) or 0)
+        if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # training stopped by SIGTERM / Ctrl-C after a checkpoint: not bad input
+            print(f"{where}: `brats-seg {self.command}` stopped with exit {code} after saving its state; run the "
+                  "same pipeline again to continue", file=sys.stderr, flush=True)
+            raise SystemExit(code)
         if code != 0:
             raise InputError(where, f"`brats-seg {self.command}` exited with code {code}; see the messages above")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from brats_seg.bench.learn_components import COMPONENT_GRID
-from brats_seg.bench.learn_folds import CHECKPOINT, Fold, train_state
+from brats_seg.bench.learn_folds import CHECKPOINT, Fold, train_state, wait_through_ctrl_c
 from brats_seg.engine.config import config_hash
 from brats_seg.errors import InputError
 from brats_seg.seg3d.config import load_config
@@ -177,6 +177,7 @@ def _fake_run(folder: Path, status: str, checkpoint: bool, sha: str = "abc", bud
 @pytest.mark.parametrize("status, checkpoint, want", [
     ("finished", True, "done"), ("finished (time budget)", True, "done"), ("preempted", True, "resume"),
     ("running", True, "resume"), ("running", False, "fresh"), ("finished", False, "fresh"),
+    ("interrupted", True, "resume"),
 ])
 def test_train_state(tmp_path, status, checkpoint, want):
     assert train_state(_fake_run(tmp_path, status, checkpoint), "abc", 0.0) == want
@@ -190,3 +191,35 @@ def test_train_state_refuses_other_runs(tmp_path):
     with pytest.raises(InputError, match="stopped"):
         train_state(_fake_run(tmp_path / "b", "stopped: loss is not finite", True), "abc", 0.0)
     assert train_state(Fold(0, ("case0",), tmp_path / "none"), "abc", 0.0) == "fresh"
+
+
+CHILD_THAT_SAVES_ON_CTRL_C = """
+import pathlib, signal, sys, time
+def stop(*_):
+    time.sleep(1.0)  # a checkpoint being written
+    pathlib.Path(sys.argv[1]).write_text("saved")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_ctrl_c_waits_for_the_child_to_save(tmp_path):
+    """The parent's Ctrl-C must not kill a fold's train child while it checkpoints (subprocess.run would
+    after 0.25 s): the child finishes its save and exits 130, then the interrupt goes on up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    marker = tmp_path / "saved"
+    child = subprocess.Popen([sys.executable, "-c", CHILD_THAT_SAVES_ON_CTRL_C, str(marker)], stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "ready"
+    ctrl_c = threading.Timer(0.2, lambda: (os.kill(child.pid, signal.SIGINT), os.kill(os.getpid(), signal.SIGINT)))
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        wait_through_ctrl_c(child)
+    assert child.returncode == 130 and marker.read_text() == "saved"

@@ -130,3 +130,17 @@ def test_a_bad_predict_value_fails_when_planned_before_any_stage_runs(tmp_path: 
     with pytest.raises(InputError, match=f"stages/1 \\(predict\\): --{option.replace('_', '-')}"):
         run_pipeline(bad, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("code", [75, 130])
+def test_a_stopped_train_stage_keeps_its_exit_code(pipeline: Path, monkeypatch, capsys, code: int):
+    """A pre-empted (75) or Ctrl-C'd (130) training is not bad input (2): the pipeline exits with its code."""
+    import brats_seg.commands.train as train_command
+
+    monkeypatch.setattr(train_command, "run", lambda args: code)
+    text = pipeline.read_text() + "  - stage: train\n    data: pp/preprocessed.json\n    out: train\n"
+    pipeline.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        run_pipeline(pipeline)
+    assert stop.value.code == code
+    assert "stopped with exit" in capsys.readouterr().err

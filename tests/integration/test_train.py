@@ -183,7 +183,10 @@ def test_time_budget_stops_and_validates(data, tmp_path):
 def test_planned_steps_ending_a_budget_early_are_reported(data, tmp_path, capsys):
     assert _train(data, tmp_path, "train.time_budget_s=3600", "train.max_steps=2", "data.fold=-1") == 0
     out = capsys.readouterr().out
-    assert "training finished at step 2" in out and "of the 3600 s budget; raise train.epochs" in out
+    assert "training finished at step 2" in out and "of the 3600 s budget; raise train.max_steps" in out
+    assert _train(data, tmp_path / "a", "train.time_budget_s=3600", "train.epochs=1", "train.steps_per_epoch=2",
+                  "data.fold=-1") == 0
+    assert "of the 3600 s budget; raise train.epochs" in capsys.readouterr().out
     assert _train(data, tmp_path / "b", "train.time_budget_s=0.001", "data.fold=-1") == 0  # the budget decided
     assert "raise train.epochs" not in capsys.readouterr().out
 

@@ -68,6 +68,11 @@ def _plan(tmp_path: Path, stages: list[dict]):
     ({"stage": "predict", "out": "p"}, "required: --model"),
     ({"stage": "predict", "out": "p", "model": "m", "manifest": "r.json", "tta": "maybe"}, "expected true or false"),
     ({"stage": "predict", "out": "p", "model": "m", "manifest": "r.json", "device": "tpu"}, "invalid choice"),
+    ({"stage": "predict", "out": "p", "model": "m", "manifest": "r.json", "tta": True, "tta_axes": "0,7"},
+     "--tta-axes"),
+    ({"stage": "predict", "out": "p", "model": "m", "manifest": "r.json", "min_component_fraction": 2},
+     "--min-component-fraction"),
+    ({"stage": "predict", "out": "p", "model": "m", "manifest": "r.json", "max_voxels": -1}, "--max-voxels"),
     ({"stage": "report", "eval": "e", "out": "o", "overrides": ["a=1"]}, "takes no KEY=VALUE"),
     ({"stage": "train", "data": "d.json", "out": "t", "overrides": ["epochs"]}, "is not KEY=VALUE"),
     ({"stage": "synth", "cases": 1}, "missing 'out:'")])

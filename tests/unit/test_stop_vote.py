@@ -56,3 +56,24 @@ def test_two_ranks_agree_on_the_stop_and_the_time_fraction(tmp_path):
         mp.spawn(_rank, args=(f"file://{tmp_path / 'store'}", results), nprocs=2, join=True)
         got = dict(results)
     assert got == {0: ("preempted", [0.7]), 1: ("preempted", [0.7])}  # rank 1's SIGTERM, rank 1's clock
+
+
+@pytest.mark.parametrize("torchrun, swallowed", [(False, False), (True, True)])
+def test_a_quick_second_ctrl_c_is_a_duplicate_only_under_torchrun(monkeypatch, torchrun, swallowed):
+    """Single process: a double-tap is a second Ctrl-C (stop now). Under torchrun, a SIGINT within
+    DUPLICATE_SIGINT_S is the agent forwarding the terminal's one and is ignored."""
+    import signal
+
+    from brats_seg.engine.runtime import StopFlag
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    if torchrun:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    flag = StopFlag()
+    flag._handle(signal.SIGINT, None)
+    assert flag.requested and flag.interrupted and flag.exit_code == 130
+    if swallowed:
+        flag._handle(signal.SIGINT, None)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            flag._handle(signal.SIGINT, None)
