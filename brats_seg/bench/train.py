@@ -62,7 +62,8 @@ def loader_report(args) -> tuple[dict | None, str]:
     except InputError as err:
         raise InputError("--loader-spacing", err.message) from None
     if not Path(args.loader_case).is_dir():
-        raise InputError(args.loader_case, "is not a case folder; expected a BraTS case folder (--loader-case), or --loader off to skip the loader part")
+        raise InputError(args.loader_case, "is not a case folder; expected a BraTS case folder (--loader-case), "
+                                           "or --loader off to skip the loader part")
     for out in (args.out, args.out.with_suffix(".md")):
         refuse_overwrite(out, [args.loader_case, args.loader_config], "--out", out_is_folder=False)
     result = bench_loader(args.loader_case, args.loader_config, args.loader_override, spacing, args.loader_samples)

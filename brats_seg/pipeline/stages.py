@@ -126,15 +126,16 @@ class Stage:
     def run(self, ctx: StageContext, where: str) -> None:
         """The command's own run(), so its InputError reaches the user as the one error line."""
         args = command_parser(self.command, where).parse_args(ctx.argv[1:])
+        code = int(args._run(args) or 0)
+        if code == 0:
+            return
         from brats_seg.engine.runtime import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
-        code = int(args._run(args) or 0)
-        if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # training stopped by SIGTERM / Ctrl-C after a checkpoint: not bad input
+        if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # training stopped by SIGTERM / Ctrl-C, state saved
             print(f"{where}: `brats-seg {self.command}` stopped with exit {code} after saving its state; run the "
                   "same pipeline again to continue", file=sys.stderr, flush=True)
             raise SystemExit(code)
-        if code != 0:
-            raise InputError(where, f"`brats-seg {self.command}` exited with code {code}; see the messages above")
+        raise InputError(where, f"`brats-seg {self.command}` exited with code {code}; see the messages above")
 
 
 def _flag(action: argparse.Action, key: str, value: Any, where: str) -> list[str]:
