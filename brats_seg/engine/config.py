@@ -84,7 +84,8 @@ RUN_CONTROL_KEYS = (
 # them out there: the hashes of existing runs stay valid. Any other value is hashed.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distributed.scaling": "samples", "optim.lr_scaling": "none", "schedule.follow_budget": True,
-    "augment.modality_dropout": 0.0, "loss.region_weights": [1.0, 1.0, 1.0],  # the 3D task's sections
+    "augment.modality_dropout": 0.0, "augment.bias_field_prob": 0.0, "augment.bias_field_coeff": 0.2,
+    "loss.region_weights": [1.0, 1.0, 1.0],  # the 3D task's sections
 }
 
 

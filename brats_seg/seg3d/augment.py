@@ -5,7 +5,7 @@ Spatial: rotation about each axis and isotropic scaling become one 3x3 matrix th
 reader applies while reading (patches.warped_patch), so a rotated patch costs one interpolation of
 a bounding box, never a whole volume. Intensity (per channel, vectorised over the patch):
 multiplicative brightness, contrast about the mean, gamma on the [0, 1]-rescaled range, Gaussian
-noise, then modality dropout (augment.modality_dropout: the sample loses one or more channels,
+noise, a smooth multiplicative bias field (augment.bias_field_prob), then modality dropout (augment.modality_dropout: the sample loses one or more channels,
 never all, set to 0 as a z-scored channel's mean is, which is what `predict --missing` feeds the
 network for a sequence that was not acquired). Mirroring last (views, then one contiguous copy).
 """
@@ -62,8 +62,43 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentC
     if rng.random() < cfg.noise_prob:
         sigma = np.float32(rng.uniform(0.0, cfg.noise_std))
         flat += rng.standard_normal(flat.shape, dtype=np.float32) * sigma
+    if cfg.bias_field_prob > 0 and rng.random() < cfg.bias_field_prob:
+        apply_bias_field(image, rng.uniform(-cfg.bias_field_coeff, cfg.bias_field_coeff, size=(n, BIAS_TERMS)))
     drop_modalities(image, rng, cfg.modality_dropout)
     return image
+
+
+# Every product P_i(x) P_j(y) P_k(z) of Legendre polynomials with 0 < i + j + k <= 3 (the constant
+# term is left to the brightness step): 19 smooth terms, as in MONAI's RandBiasField and TorchIO.
+BIAS_ORDER = 3
+BIAS_POWERS = [(i, j, k) for i in range(BIAS_ORDER + 1) for j in range(BIAS_ORDER + 1 - i)
+               for k in range(BIAS_ORDER + 1 - i - j) if i + j + k]
+BIAS_TERMS = len(BIAS_POWERS)
+
+
+def bias_log_field(shape: tuple[int, int, int], coeffs: np.ndarray) -> np.ndarray:
+    """(C, X, Y, Z) float32 log-field: sum over BIAS_POWERS of coeffs[c, t] * P_i(x) P_j(y) P_k(z) on
+    [-1, 1] patch coordinates, contracted one axis at a time (three small matmuls, not 19 volumes)."""
+    basis = [np.polynomial.legendre.legvander(np.linspace(-1, 1, size), BIAS_ORDER).T for size in shape]
+    grid = np.zeros((coeffs.shape[0], BIAS_ORDER + 1, BIAS_ORDER + 1, BIAS_ORDER + 1))
+    for t, (i, j, k) in enumerate(BIAS_POWERS):
+        grid[:, i, j, k] = coeffs[:, t]
+    bx, by, bz = basis
+    return np.einsum("cijk,ix,jy,kz->cxyz", grid, bx, by, bz, optimize=True).astype(np.float32)
+
+
+def apply_bias_field(image: np.ndarray, coeffs: np.ndarray) -> None:
+    """Multiply each channel's intensity above its patch minimum by exp(log-field), in place.
+
+    The patch holds z-scores, whose zero is the brain mean, not zero signal: the field scales the
+    distance from the darkest voxel (the nearest stand-in for no signal) so that bright tissue is
+    changed most, as a coil's sensitivity changes a scan."""
+    field = np.exp(bias_log_field(image.shape[1:], coeffs))
+    for channel, gain in zip(image, field):
+        lo = np.float32(channel.min())
+        channel -= lo
+        channel *= gain
+        channel += lo
 
 
 def drop_modalities(image: np.ndarray, rng: np.random.Generator, prob: float) -> tuple[int, ...]:

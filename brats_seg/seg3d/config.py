@@ -62,6 +62,10 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_prob: float = 0.1
     noise_std: float = 0.1
+    # a smooth multiplicative field per channel (receive-coil inhomogeneity, which differs by site and
+    # scanner): exp of a cubic polynomial over the patch, coefficients uniform in +-bias_field_coeff
+    bias_field_prob: float = 0.0
+    bias_field_coeff: float = 0.2
     # probability that a sample loses one or more channels (never all), zero-filled as after
     # z-scoring; a model trained with it accepts `predict --missing` (recorded in its metadata)
     modality_dropout: float = 0.0
@@ -104,7 +108,8 @@ RANGES_3D: dict[str, Range] = {
     "augment.scale_prob": _PROB, "augment.scale_range": _FACTOR, "augment.brightness_prob": _PROB,
     "augment.brightness_range": _FACTOR, "augment.contrast_prob": _PROB, "augment.contrast_range": _FACTOR,
     "augment.gamma_prob": _PROB, "augment.gamma_range": _FACTOR, "augment.noise_prob": _PROB,
-    "augment.noise_std": at_least(0), "augment.modality_dropout": within(0, 1, high_open=True),
+    "augment.noise_std": at_least(0), "augment.bias_field_prob": _PROB, "augment.bias_field_coeff": within(0, 2),
+    "augment.modality_dropout": within(0, 1, high_open=True),
     "validation.every_epochs": at_least(1), "validation.overlap": within(0, 1, high_open=True),
     "validation.sw_batch_size": within(1, 4096), "validation.max_cases": at_least(0),
 }
