@@ -2,7 +2,8 @@
 # Sourced by torchrun_single_node.sh and torchrun_multi_node.sh (needs PYTHON and RUN set):
 # NPROC (GPUs, at least 1, unless given), WORKERS (loader workers per process from this process's CPU
 # affinity) and `preempted BEFORE` (true when this launch rewrote run.json to "preempted"; a status left
-# by an earlier pre-empted launch, read after this one failed at start-up, is not a pre-emption).
+# by an earlier pre-empted launch, read after this one failed at start-up, is not a pre-emption) and
+# `finished BEFORE` (true when this launch rewrote run.json to a "finished" status).
 if [ -z "${NPROC:-}" ]; then
     NPROC=$(nvidia-smi -L 2>/dev/null | wc -l)
     [ "$NPROC" -ge 1 ] || NPROC=1
@@ -13,5 +14,11 @@ WORKERS=$(( $(nproc) / NPROC - 1 ))
 preempted() {
     [ "$(cksum "$RUN/run.json" 2>/dev/null)" != "$1" ] || return 1
     "$PYTHON" -c "import json,sys; sys.exit(json.load(open(sys.argv[1])).get('status') != 'preempted')" \
+        "$RUN/run.json" 2>/dev/null
+}
+
+finished() {
+    [ "$(cksum "$RUN/run.json" 2>/dev/null)" != "$1" ] || return 1
+    "$PYTHON" -c "import json,sys; sys.exit(not str(json.load(open(sys.argv[1])).get('status')).startswith('finished'))" \
         "$RUN/run.json" 2>/dev/null
 }

@@ -229,6 +229,36 @@ def test_single_node_recipe_preempted_then_resumed_equals_the_uninterrupted_run(
     assert info["status"] == "finished" and info["world_size"] == 2 and info["resumed"][0]["step"] == stopped
 
 
+FAKE_TORCHRUN = r"""#!/bin/bash
+# PYTHON for the multi-node recipe: `-m torch.distributed.run ...` writes run.json's status
+# FAKE_STATUS (none: leaves it) into the --out folder and exits FAKE_RC; anything else is real Python.
+if [ "$1" = "-m" ] && [ "$2" = "torch.distributed.run" ]; then
+    while [ $# -gt 0 ]; do [ "$1" = "--out" ] && out=$2; shift; done
+    mkdir -p "$out"
+    [ "$FAKE_STATUS" = none ] || echo "{\"status\": \"$FAKE_STATUS\"}" > "$out/run.json"
+    exit "$FAKE_RC"
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+@pytest.mark.parametrize("status,rc,code", [("finished", 1, 0), ("finished (time budget)", 1, 0),
+                                            ("failed", 1, 1), ("none", 1, 1), ("preempted", 1, 75),
+                                            ("finished", 0, 0), ("none", 2, 2)])
+def test_multi_node_recipe_counts_an_agent_exit_after_a_finished_run_as_success(tmp_path, status, rc, code):
+    """torch elastic's c10d race (the store's node leaves first, another agent then exits 1) after a
+    run rank 0 marked finished is not a failure; any other non-zero exit is kept."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_TORCHRUN)
+    fake.chmod(0o755)
+    env = recipe_env(PYTHON=str(fake), REAL_PYTHON=sys.executable, FAKE_STATUS=status, FAKE_RC=str(rc),
+                     NNODES="2", NPROC="1", RDZV_HOST="127.0.0.1")
+    proc = subprocess.run(["bash", str(CLUSTER / "torchrun_multi_node.sh"), "data.json", str(tmp_path / "run")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert ("counted as success" in proc.stderr) == (code == 0 and rc != 0)
+
+
 def test_recipes_pass_a_bash_syntax_check():
     for path in sorted(CLUSTER.iterdir()):
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0, path
@@ -250,6 +280,7 @@ for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done
 case "$FAKE_MODE" in
     preempted) mkdir -p "$out"; printf '{"status": "preempted", "updated_at": "%s"}\n' "$(date +%s%N)" > "$out/run.json"; exit 1 ;;
     finished) mkdir -p "$out"; printf '{"status": "finished"}\n' > "$out/run.json"; exit 0 ;;
+    finished-then-agent-exit) mkdir -p "$out"; printf '{"status": "finished"}\n' > "$out/run.json"; exit 1 ;;
     *) exit 2 ;;  # fails at start-up: run.json is left as it was
 esac
 """
@@ -308,6 +339,12 @@ def test_slurm_train_tells_a_failure_from_a_preemption(script, tmp_path):
     proc, log = _run_sbatch(script, tmp_path, "finished", cpus=1)
     assert proc.returncode == 0 and not (log / "scontrol.log").exists()
     assert "data.num_workers=0" in (log / "srun.args").read_text().splitlines()  # never negative
+
+
+def test_slurm_multi_node_counts_an_agent_exit_after_a_finished_run_as_success(tmp_path):
+    proc, log = _run_sbatch("slurm_train_multi_node.sbatch", tmp_path, "finished-then-agent-exit")
+    assert proc.returncode == 0 and "counted as success" in proc.stderr, proc.stdout + proc.stderr
+    assert not (log / "scontrol.log").exists()
 
 
 def test_train_recipes_shutdown_timeout_fits_the_slurm_notice():
