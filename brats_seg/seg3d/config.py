@@ -141,4 +141,7 @@ def check_config(cfg: Config3D) -> None:
     require(cfg.augment.enabled or cfg.augment.modality_dropout == 0, "augment.modality_dropout",
             f"got {cfg.augment.modality_dropout:g} with augment.enabled false; expected augment.enabled true "
             "(dropout is an augmentation) or augment.modality_dropout 0")
+    require(cfg.augment.enabled or cfg.augment.bias_field_prob == 0, "augment.bias_field_prob",
+            f"got {cfg.augment.bias_field_prob:g} with augment.enabled false, where it would do nothing; expected "
+            "augment.enabled true or augment.bias_field_prob 0")
     check_loop_sections(cfg.train, cfg.optim)

@@ -90,3 +90,8 @@ def test_config_hash_unchanged_when_off_and_changed_when_on():
     assert config_hash(load_config(None, ["augment.bias_field_prob=0", "augment.bias_field_coeff=0.2"])) == base
     assert config_hash(load_config(None, ["augment.bias_field_prob=0.3"])) != base
     assert config_hash(load_config(None, ["augment.bias_field_coeff=0.5"])) != base
+
+
+def test_a_field_with_augmentation_off_is_refused_not_ignored():
+    with pytest.raises(InputError, match="augment.bias_field_prob.*augment.enabled"):
+        load_config(None, [*TINY, "augment.bias_field_prob=0.3", "augment.enabled=false"])
