@@ -5,8 +5,8 @@ Spatial: rotation about each axis and isotropic scaling become one 3x3 matrix th
 reader applies while reading (patches.warped_patch), so a rotated patch costs one interpolation of
 a bounding box, never a whole volume. Intensity (per channel, vectorised over the patch):
 multiplicative brightness, contrast about the mean, gamma on the [0, 1]-rescaled range, Gaussian
-noise, a smooth multiplicative bias field (augment.bias_field_prob), then modality dropout (augment.modality_dropout: the sample loses one or more channels,
-never all, set to 0 as a z-scored channel's mean is, which is what `predict --missing` feeds the
+noise, a smooth multiplicative bias field (augment.bias_field_prob), then modality dropout
+(augment.modality_dropout: the sample loses one or more channels, never all, set to 0 as a z-scored channel's mean is, which is what `predict --missing` feeds the
 network for a sequence that was not acquired). Mirroring last (views, then one contiguous copy).
 """
 from __future__ import annotations

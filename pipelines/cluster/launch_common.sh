@@ -11,14 +11,12 @@ fi
 WORKERS=$(( $(nproc) / NPROC - 1 ))
 [ "$WORKERS" -ge 0 ] || WORKERS=0
 
-preempted() {
+# rewrote BEFORE WANT: this launch changed run.json (cksum BEFORE) and its status is WANT, or starts
+# with it when WANT ends in "*" ("finished*" also matches "finished (time budget)")
+rewrote() {
     [ "$(cksum "$RUN/run.json" 2>/dev/null)" != "$1" ] || return 1
-    "$PYTHON" -c "import json,sys; sys.exit(json.load(open(sys.argv[1])).get('status') != 'preempted')" \
-        "$RUN/run.json" 2>/dev/null
+    "$PYTHON" -c "import json,sys; s=str(json.load(open(sys.argv[1])).get('status')); w=sys.argv[2]
+sys.exit(not (s.startswith(w[:-1]) if w.endswith('*') else s == w))" "$RUN/run.json" "$2" 2>/dev/null
 }
-
-finished() {
-    [ "$(cksum "$RUN/run.json" 2>/dev/null)" != "$1" ] || return 1
-    "$PYTHON" -c "import json,sys; sys.exit(not str(json.load(open(sys.argv[1])).get('status')).startswith('finished'))" \
-        "$RUN/run.json" 2>/dev/null
-}
+preempted() { rewrote "$1" preempted; }
+finished() { rewrote "$1" 'finished*'; }
