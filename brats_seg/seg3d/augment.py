@@ -5,9 +5,10 @@ Spatial: rotation about each axis and isotropic scaling become one 3x3 matrix th
 reader applies while reading (patches.warped_patch), so a rotated patch costs one interpolation of
 a bounding box, never a whole volume. Intensity (per channel, vectorised over the patch):
 multiplicative brightness, contrast about the mean, gamma on the [0, 1]-rescaled range, Gaussian
-noise, a smooth multiplicative bias field (augment.bias_field_prob), then modality dropout
-(augment.modality_dropout: the sample loses one or more channels, never all, set to 0 as a z-scored channel's mean is, which is what `predict --missing` feeds the
-network for a sequence that was not acquired). Mirroring last (views, then one contiguous copy).
+noise, a smooth multiplicative bias field (augment.bias_field_prob, on the channels named by
+augment.bias_field_channels), then modality dropout (augment.modality_dropout: the sample loses one
+or more channels, never all, set to 0 as a z-scored channel's mean is, which is what
+`predict --missing` feeds the network for a sequence that was not acquired). Mirroring last (views, then one contiguous copy).
 """
 from __future__ import annotations
 
@@ -43,8 +44,10 @@ def draw_spatial(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | N
     return matrix
 
 
-def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Brightness, contrast, gamma, noise and modality dropout on a float32 (C, X, Y, Z) patch, in place."""
+def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+                      bias_channels: tuple[int, ...] | None = None) -> np.ndarray:
+    """Brightness, contrast, gamma, noise, bias field and modality dropout on a float32 (C, X, Y, Z)
+    patch, in place. `bias_channels`: the channels the field is applied to (None: all)."""
     if not cfg.enabled:
         return image
     n = image.shape[0]
@@ -63,7 +66,12 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentC
         sigma = np.float32(rng.uniform(0.0, cfg.noise_std))
         flat += rng.standard_normal(flat.shape, dtype=np.float32) * sigma
     if cfg.bias_field_prob > 0 and rng.random() < cfg.bias_field_prob:
-        apply_bias_field(image, rng.uniform(-cfg.bias_field_coeff, cfg.bias_field_coeff, size=(n, BIAS_TERMS)))
+        coeffs = rng.uniform(-cfg.bias_field_coeff, cfg.bias_field_coeff, size=(n, BIAS_TERMS))
+        if bias_channels is None:
+            apply_bias_field(image, coeffs)
+        elif bias_channels:  # drawn for every channel either way: the choice leaves the stream unchanged
+            chosen = list(bias_channels)
+            image[chosen] = apply_bias_field(image[chosen], coeffs[chosen])
     drop_modalities(image, rng, cfg.modality_dropout)
     return image
 
@@ -87,8 +95,9 @@ def bias_log_field(shape: tuple[int, int, int], coeffs: np.ndarray) -> np.ndarra
     return np.einsum("cijk,ix,jy,kz->cxyz", grid, bx, by, bz, optimize=True).astype(np.float32)
 
 
-def apply_bias_field(image: np.ndarray, coeffs: np.ndarray) -> None:
-    """Multiply each channel's intensity above its patch minimum by exp(log-field), in place.
+def apply_bias_field(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """Multiply each channel's intensity above its patch minimum by exp(log-field), in place; returns
+    the image.
 
     The patch holds z-scores, whose zero is the brain mean, not zero signal: the field scales the
     distance from the darkest voxel (the nearest stand-in for no signal) so that bright tissue is
@@ -99,6 +108,7 @@ def apply_bias_field(image: np.ndarray, coeffs: np.ndarray) -> None:
         channel -= lo
         channel *= gain
         channel += lo
+    return image
 
 
 def drop_modalities(image: np.ndarray, rng: np.random.Generator, prob: float) -> tuple[int, ...]:

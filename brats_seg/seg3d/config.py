@@ -66,6 +66,9 @@ class AugmentConfig:
     # scanner): exp of a cubic polynomial over the patch, coefficients uniform in +-bias_field_coeff
     bias_field_prob: float = 0.0
     bias_field_coeff: float = 0.2
+    # which channels (by name) get the field; "all" or e.g. [t1, t2, flair] to keep t1ce's contrast,
+    # the cue that tells enhancing tumour apart, as it was acquired
+    bias_field_channels: tuple[str, ...] = ("all",)
     # probability that a sample loses one or more channels (never all), zero-filled as after
     # z-scoring; a model trained with it accepts `predict --missing` (recorded in its metadata)
     modality_dropout: float = 0.0
@@ -144,4 +147,13 @@ def check_config(cfg: Config3D) -> None:
     require(cfg.augment.enabled or cfg.augment.bias_field_prob == 0, "augment.bias_field_prob",
             f"got {cfg.augment.bias_field_prob:g} with augment.enabled false, where it would do nothing; expected "
             "augment.enabled true or augment.bias_field_prob 0")
+    check_bias_channels(cfg.augment.bias_field_channels)
     check_loop_sections(cfg.train, cfg.optim)
+
+
+def check_bias_channels(names: Sequence[str]) -> None:
+    """"all" alone, or distinct channel names (matched against the data's channels by seg3d.data)."""
+    shown = list(names)
+    require(len(set(names)) == len(names), "augment.bias_field_channels", f"got {shown}; a channel is named twice")
+    require("all" not in names or len(names) == 1, "augment.bias_field_channels",
+            f"got {shown}; expected [all] alone or a list of channel names")

@@ -121,6 +121,7 @@ def open_dataset(manifest_path: Path, cfg: Config3D) -> Dataset3D:
             raise InputError(f"{manifest_path}: case {c['id']}", f"channels {c['channels']} differ from "
                                                                 f"{channels} of case {labelled[0]['id']}")
         _check_case_files(root, c, manifest_path)
+    bias_channel_indices(cfg.augment.bias_field_channels, channels)  # a misnamed channel fails here
     split = kfold_split([c["id"] for c in labelled], cfg.data.folds, cfg.data.fold, cfg.seed)
     by_id = {c["id"]: c for c in labelled}
     val = [by_id[i] for i in split["val"]]
@@ -140,7 +141,19 @@ def patch_dataset(data: Dataset3D, cfg: Config3D, world_size: int) -> PatchDatas
     """The keyed training patches (augmented unless switched off) for the engine's sample stream."""
     return PatchDataset(data.root, data.train, cfg.data.patch_size, cfg.data.fg_fraction,
                         cfg.augment if cfg.augment.enabled else None, cfg.seed, world_size,
-                        outside=cfg.data.outside)
+                        outside=cfg.data.outside,
+                        bias_channels=bias_channel_indices(cfg.augment.bias_field_channels, data.channels))
+
+
+def bias_channel_indices(names: tuple[str, ...], channels: list[str]) -> tuple[int, ...] | None:
+    """Indices of the bias field's channels in the data's channel order (None: "all")."""
+    if tuple(names) == ("all",):
+        return None
+    unknown = [n for n in names if n not in channels]
+    if unknown:
+        raise InputError("augment.bias_field_channels", f"got {list(names)}; {unknown[0]!r} is not a channel of "
+                                                        f"the training data ({', '.join(channels)})")
+    return tuple(channels.index(n) for n in names)
 
 
 def model_meta(cfg: Config3D, data: Dataset3D) -> ModelMeta:

@@ -24,14 +24,16 @@ class PatchDataset(Dataset):
 
     def __init__(self, root: Path, entries: list[dict], patch_size: tuple[int, int, int],
                  fg_fraction: float, augment: AugmentConfig | None, seed: int, world_size: int = 1,
-                 outside: float = 0.0, warp: Callable = warped_patch) -> None:
+                 outside: float = 0.0, warp: Callable = warped_patch,
+                 bias_channels: tuple[int, ...] | None = None) -> None:
         """`warp` reads a rotated or zoomed patch (patches.warped_patch; `bench train` swaps in the
-        reference it is measured against)."""
+        reference it is measured against); `bias_channels`: the channels a bias field may change."""
         if not entries:
             raise ValueError("PatchDataset needs at least one case")
         self.cases = CaseCache(root, entries)
         self.patch, self.fg_fraction, self.augment = tuple(patch_size), fg_fraction, augment
         self.seed, self.world_size, self.outside, self.warp = seed, world_size, outside, warp
+        self.bias_channels = bias_channels
         self._perm_key: tuple[int, int] | None = None
         self._perm = np.arange(len(entries))
 
@@ -60,7 +62,7 @@ class PatchDataset(Dataset):
         else:
             image, label = self.warp(case, centre, matrix, self.patch)
         if self.augment:
-            image = augment_intensity(image, rng, self.augment)
+            image = augment_intensity(image, rng, self.augment, self.bias_channels)
             image, label = random_flip(image, label, rng, self.augment)
         if label is None:
             raise ValueError(f"case {case.id} has no segmentation; training needs labelled cases")

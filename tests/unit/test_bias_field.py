@@ -95,3 +95,52 @@ def test_config_hash_unchanged_when_off_and_changed_when_on():
 def test_a_field_with_augmentation_off_is_refused_not_ignored():
     with pytest.raises(InputError, match="augment.bias_field_prob.*augment.enabled"):
         load_config(None, [*TINY, "augment.bias_field_prob=0.3", "augment.enabled=false"])
+
+
+def test_named_channels_get_the_field_and_the_others_keep_their_values():
+    """[t1, t2, flair] leaves t1ce as acquired, and the channels it changes are what "all" makes of them."""
+    image = np.random.default_rng(3).standard_normal((4, 6, 6, 6)).astype(np.float32)
+    everywhere, some = image.copy(), image.copy()
+    augment_intensity(everywhere, sample_rng(0, 0, 0, 5), ONLY_FIELD)
+    augment_intensity(some, sample_rng(0, 0, 0, 5), ONLY_FIELD, bias_channels=(0, 2, 3))
+    np.testing.assert_array_equal(some[1], image[1])
+    np.testing.assert_array_equal(some[[0, 2, 3]], everywhere[[0, 2, 3]])
+    assert not np.array_equal(some[0], image[0])
+
+
+def test_channel_names_resolve_in_the_data_order_and_a_misnamed_one_is_refused():
+    from brats_seg.seg3d.data import bias_channel_indices
+
+    channels = ["t1", "t1ce", "t2", "flair"]
+    assert bias_channel_indices(("all",), channels) is None
+    assert bias_channel_indices(("flair", "t1"), channels) == (3, 0)
+    with pytest.raises(InputError, match="augment.bias_field_channels.*'t1c' is not a channel"):
+        bias_channel_indices(("t1", "t1c"), channels)
+
+
+@pytest.mark.parametrize("value,problem", [("[t1, t1]", "named twice"), ("[all, t2]", "alone"),
+                                           ("[]", "empty list")])
+def test_bad_channel_lists_are_refused_by_name(value, problem):
+    with pytest.raises(InputError, match=f"augment.bias_field_channels.*{problem}"):
+        load_config(None, [*TINY, f"augment.bias_field_channels={value}"])
+
+
+def test_channel_choice_is_hashed_only_when_it_is_not_all():
+    base = config_hash(Config3D())
+    assert config_hash(load_config(None, ["augment.bias_field_channels=[all]"])) == base
+    assert config_hash(load_config(None, ["augment.bias_field_channels=[t1, t2, flair]"])) != base
+
+
+def test_train_refuses_a_channel_the_data_lacks_before_writing_a_run(tmp_path, run_cli):
+    from tests.train_fixtures import make_dataset
+
+    manifest = make_dataset(tmp_path / "pp", n_cases=2)
+    out = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text("task: 3d\n")
+    code, _, err = run_cli("train", "--config", config, "--data", manifest, "--out", out, *TINY, "train.epochs=1",
+                           "train.steps_per_epoch=1", "augment.bias_field_prob=0.5",
+                           "augment.bias_field_channels=[t1, adc]")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "augment.bias_field_channels" in err and "'adc' is not a channel" in err
+    assert not (out / "checkpoints").exists()
