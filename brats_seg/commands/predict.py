@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brats_seg.commands.preprocess import (add_input_bounds, add_register_options, parse_max_voxels,
+from brats_seg.commands.preprocess import (add_input_bounds, add_register_options, parse_max_voxels, parse_spacing,
                                            parse_spacing_range, register_config)
 from brats_seg.errors import InputError
 
@@ -40,6 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="mask file (.nii.gz) or folder for one case; output folder for --manifest")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--spacing", default=None,
+                   help="run the network at this voxel size in mm (1.0 or 1,1,2) instead of the run's, the window "
+                        "scaled to the same extent (default: the run's spacing)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips)")
     p.add_argument("--tta-axes", default="0,1,2", help="axes mirrored with --tta (e.g. 0 or 0,1: fewer passes)")
     p.add_argument("--batch-size", type=int, default=None,
@@ -124,7 +127,19 @@ def check_args(args: argparse.Namespace) -> str:
         _axes(args.tta_axes)
     parse_max_voxels(args.max_voxels)
     parse_spacing_range(args.spacing_range)
+    _run_spacing(args)
     return kind
+
+
+def _run_spacing(args: argparse.Namespace) -> tuple[float, float, float] | None:
+    """--spacing: None (the run's), or a fixed voxel size ('native' is what a run already is or is not)."""
+    if args.spacing is None:
+        return None
+    spacing = parse_spacing(args.spacing)
+    if isinstance(spacing, str):
+        raise InputError("--spacing", f"{args.spacing!r}: predict takes a voxel size in mm (e.g. 1.0 or 1,1,2); "
+                                      "leave it out to use the run's spacing")
+    return spacing
 
 
 def _check_series_register(args: argparse.Namespace) -> None:
@@ -186,7 +201,7 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
                               mirror_axes=_axes(args.tta_axes) if args.tta else (), batch_size=args.batch_size,
                               postprocess=post, grow=args.window_grow, max_voxels=parse_max_voxels(args.max_voxels),
                               spacing_range=parse_spacing_range(args.spacing_range), amp=args.amp,
-                              missing=_check_missing(args, []))
+                              missing=_check_missing(args, []), spacing=_run_spacing(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,10 +4,11 @@ infer.segmenter (which uses it) do not import each other.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from brats_seg.engine.model_meta import ModelMeta
+from brats_seg.errors import InputError
 
 MODES = ("regions", "labels")
 
@@ -37,3 +38,15 @@ class ModelSpec:
         return cls(meta.loss_mode, tuple(meta.channels), tuple(int(v) for v in meta.patch_size),
                    spacing, meta.model, dict(meta.model_kwargs), dict(identity or {}),
                    getattr(meta, "amp_dtype", None), float(getattr(meta, "modality_dropout", 0.0)))
+
+
+def respaced(spec: ModelSpec, spacing: tuple[float, float, float], multiple: int) -> ModelSpec:
+    """The spec run on a grid of `spacing` mm: the window scaled to the physical extent the network
+    trained on (64^3 at 2 mm -> 128^3 at 1 mm), rounded to the network's size `multiple`."""
+    if isinstance(spec.spacing, str):
+        raise InputError("--spacing", f"the model ({spec.identity.get('checkpoint', 'this run')}) was trained at "
+                                      f"{spec.spacing} spacing, with no voxel size to scale its window from; "
+                                      "--spacing needs a run preprocessed at a fixed spacing")
+    patch = tuple(max(multiple, round(p * old / new / multiple) * multiple)
+                  for p, old, new in zip(spec.patch_size, spec.spacing, spacing))
+    return replace(spec, spacing=tuple(float(v) for v in spacing), patch_size=patch)

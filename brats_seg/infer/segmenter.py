@@ -29,12 +29,12 @@ import torch
 from brats_seg.errors import InputError
 from brats_seg.infer import export
 from brats_seg.infer.missing import check_model_allows, fill_missing, parse_missing, present_channels
-from brats_seg.infer.model_spec import ModelSpec
+from brats_seg.infer.model_spec import ModelSpec, respaced
 from brats_seg.infer.postprocess import PostprocessConfig, postprocess
 from brats_seg.infer.prepare import CaseInput, from_case_dir, from_entry, from_files, prepare
 from brats_seg.infer.precision import NAMES as PRECISION_NAMES, inference_dtype
-from brats_seg.infer.sliding_window import (DEFAULT_GROW, network_predictor, sliding_window, sliding_window_spread,
-                                            window_for)
+from brats_seg.infer.sliding_window import (DEFAULT_GROW, network_predictor, size_multiple, sliding_window,
+                                            sliding_window_spread, window_for)
 from brats_seg.io.geometry import VOXEL_SIZE_RANGE_MM, Geometry
 from brats_seg.io.regions import activate, background_fill, probabilities_to_labels
 
@@ -87,13 +87,16 @@ class Segmenter:
     alone, and a second one costs ~0.6 GB at 128^3 for little gain).
     amp: autocast on CUDA ('auto' follows the dtype the model trained in; infer.precision);
     missing: channels given no image, zero-filled (only for a model trained with modality dropout).
+    spacing: run the network on a grid of this voxel size (mm per axis) instead of the run's, its
+    window scaled to the same physical extent (infer.respacing); None: the run's spacing.
     """
 
     def __init__(self, model: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
                  overlap: float = 0.5, tta: bool = False, mirror_axes: tuple[int, ...] | None = None,
                  batch_size: int | None = None, postprocess: PostprocessConfig | None = None, amp: str = "auto",
                  channels_last: bool = False, grow: float = DEFAULT_GROW, max_voxels: int | None = None,
-                 spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM, missing: Sequence[str] = ()) -> None:
+                 spacing_range: tuple[float, float] = VOXEL_SIZE_RANGE_MM, missing: Sequence[str] = (),
+                 spacing: tuple[float, float, float] | None = None) -> None:
         self.device = _check_device(device)
         self.missing = parse_missing(",".join(missing), spec.channels) if missing else ()
         check_model_allows(self.missing, spec.modality_dropout, spec.identity.get("checkpoint", "the model"))
@@ -101,9 +104,9 @@ class Segmenter:
         if self.device.type == "cuda":  # fixed window shapes: cuDNN's autotuner picks once per shape
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device).eval()
-        self.spec = spec
+        self.spec = respaced(spec, spacing, size_multiple(model, spec.patch_size)) if spacing else spec
         axes = tuple(mirror_axes) if mirror_axes is not None else ((0, 1, 2) if tta else ())
-        self.window = window_for(model, spec.patch_size, overlap, batch_size, axes, grow)
+        self.window = window_for(model, self.spec.patch_size, overlap, batch_size, axes, grow)
         self.postprocess = postprocess or PostprocessConfig()
         self.channels_last = channels_last
         if channels_last:
