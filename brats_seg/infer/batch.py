@@ -7,6 +7,8 @@ Output folder:
   uncertainty/<id>.nii.gz     optional (--uncertainty, needs --tta) float32 4D TTA std of WT, TC, ET
   qa/<id>.png                 optional QA picture
   (an optional file a case's new prediction was not asked for is removed: it described the old mask)
+  superseded/...              a case whose new prediction failed: the outputs an earlier run wrote for
+                              it, moved here with their paths, so masks/ holds current masks only
   cases/<id>.json             sidecar written after the mask: the entry and the key it was made for
   predictions.json            stage "predictions" (shards: shards/predictions.shard-I-of-N.json,
                               merged into predictions.json by whichever shard finishes last)
@@ -19,6 +21,7 @@ recorded, so a killed or repeated run redoes only what is missing or stale.
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ from brats_seg.io.content import record_paths
 from brats_seg.io.manifest import load_manifest, case_root, resolve_inside
 
 SIDECARS, MASKS, PROBS, QA, UNCERTAINTY = "cases", "masks", "probabilities", "qa", "uncertainty"
+SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ def _one_case(segmenter, case: dict, root: Path, out_dir: Path,
         entry = _predict_case(segmenter, case, root, out_dir, opts)
     except InputError as err:  # one bad case does not stop the batch; it is listed as rejected
         print(err.line(), file=sys.stderr)
+        if moved := supersede_outputs(out_dir, case["id"]):
+            print(f"note: {case['id']}: {len(moved)} file(s) an earlier run wrote for it moved to "
+                  f"{Path(out_dir) / SUPERSEDED}/ (they do not describe these inputs and settings)", file=sys.stderr)
         return None, err
     except OSError as exc:  # disk full etc.: stop the batch, naming where it could not write
         raise with_location(exc, out_dir / case["id"]) from exc
@@ -168,6 +175,22 @@ def _predict_case(segmenter, case: dict, root: Path, out_dir: Path, opts: BatchO
     drop_unrequested(out_dir, cid, opts)
     entry["timings"] = result.timings
     return entry
+
+
+def supersede_outputs(out_dir: Path, cid: str) -> list[str]:
+    """Move what an earlier run wrote for case `cid` to superseded/ (same relative paths; a newer move
+    replaces an older one there), so that no mask is left in masks/ beside a failed prediction of it.
+    Returns the paths moved, relative to out_dir."""
+    moved = []
+    for rel in (f"{MASKS}/{cid}.nii.gz", f"{MASKS}/{cid}.json", f"{PROBS}/{cid}.nii.gz",
+                f"{UNCERTAINTY}/{cid}.nii.gz", f"{QA}/{cid}.png", f"{SIDECARS}/{cid}.json"):
+        source = Path(out_dir) / rel
+        if source.is_file():
+            target = Path(out_dir) / SUPERSEDED / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            moved.append(rel)
+    return moved
 
 
 def drop_unrequested(out_dir: Path, cid: str, opts: BatchOptions) -> None:

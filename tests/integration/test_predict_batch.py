@@ -157,3 +157,32 @@ def test_run_spacing_sources(tmp_path, capsys):
     manifest.unlink()
     assert run_spacing(ckpt, {"spacing": [1.5, 1.5, 1.5]}) == [1.5, 1.5, 1.5]
     assert "resampling inputs to the training data's voxel size" in capsys.readouterr().err
+
+
+def test_a_case_that_fails_on_a_rerun_leaves_no_stale_mask_in_masks(tmp_path, run_dir, capsys):
+    """Its earlier outputs (mask, report, probabilities, QA, sidecar) move to superseded/: masks/ holds
+    current masks only, and nothing written before is lost."""
+    from brats_seg.infer.batch import BatchOptions, predict_manifest
+    from tests.conftest import make_case
+
+    for i in range(2):
+        make_case(tmp_path / "src", f"case{i}", shape=(24, 20, 18), seed=i)
+    ingest([tmp_path / "src"], tmp_path / "raw.json")
+    seg, out, opts = Segmenter.from_run(run_dir), tmp_path / "pred", BatchOptions(probabilities=True, qa=True)
+    assert predict_manifest(seg, tmp_path / "raw.json", out, opts=opts)["done"] == 2
+    old_mask = (out / "masks" / "case1.nii.gz").read_bytes()
+    t1 = next((tmp_path / "src" / "case1").glob("*t1.nii.gz"))
+    t1.write_bytes(t1.read_bytes() + b"\0")  # the input changed after ingest
+    capsys.readouterr()
+    again = predict_manifest(seg, tmp_path / "raw.json", out,
+                             opts=BatchOptions(probabilities=True, qa=True, force=True))
+    err = capsys.readouterr().err
+    assert again["done"] == 1 and again["failed"] == 1
+    assert "sha256 differs" in err and "note: case1: 5 file(s)" in err
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["case0.json", "case0.nii.gz"]
+    assert not (out / "cases" / "case1.json").exists() and not (out / "qa" / "case1.png").exists()
+    assert (out / "superseded" / "masks" / "case1.nii.gz").read_bytes() == old_mask
+    for rel in ("masks/case1.json", "probabilities/case1.nii.gz", "qa/case1.png", "cases/case1.json"):
+        assert (out / "superseded" / rel).is_file()
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert [c["id"] for c in manifest["cases"]] == ["case0"] and manifest["rejected"][0]["id"] == "case1"
