@@ -1,5 +1,6 @@
 """`brats-seg bench {preprocess,train,infer,2d,contracts}`: speed measured side by side against a reference;
-`brats-seg bench learn`: a training recipe judged by K-fold cross-validation (bench/learn.py).
+`brats-seg bench learn`: a training recipe judged by K-fold cross-validation (bench/learn.py);
+`brats-seg bench paired A B`: two such studies compared case by case (bench/paired.py).
 
 Each prints a Markdown table and writes JSON + Markdown under --out (default runs/bench/).
 """
@@ -49,6 +50,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     from brats_seg.bench.learn_options import add_parser as add_learn  # light: argparse and errors only
 
     add_learn(sub, PIPELINES / "train" / "train_cpu.yaml")
+    paired = sub.add_parser("paired", help="two bench learn studies compared case by case (B against A)")
+    paired.add_argument("a", type=Path, help="the baseline study: a bench learn folder or its learn.json")
+    paired.add_argument("b", type=Path, help="the study judged against it")
+    paired.add_argument("--variant", default="base", help="which predict variant to pair (default base; e.g. tta)")
+    paired.add_argument("--out", type=Path, default=Path("runs/bench/paired.json"))
     _add_gpu(sub)
 
 
@@ -70,7 +76,7 @@ def _add_gpu(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     return {"preprocess": _preprocess, "train": _train, "infer": _infer, "2d": _two_d,
-            "contracts": _contracts, "learn": _learn, "gpu": _gpu}[args.bench](args)
+            "contracts": _contracts, "learn": _learn, "gpu": _gpu, "paired": _paired}[args.bench](args)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -87,8 +93,10 @@ def _check_args(args: argparse.Namespace) -> None:
     seconds = getattr(args, "train_seconds", None)
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise InputError("--train-seconds", f"got {seconds}; expected a positive number of seconds")
-    inputs = [getattr(args, k) for k in ("data", "config", "model", "case", "loader_case", "loader_config")
+    inputs = [getattr(args, k) for k in ("data", "config", "model", "case", "loader_case", "loader_config", "a", "b")
               if getattr(args, k, None) is not None]
+    if args.bench == "paired":  # a study folder's learn.json is what it reads
+        inputs += [Path(p) / "learn.json" for p in (args.a, args.b) if Path(p).is_dir()]
     folder = args.bench in ("2d", "learn")
     if not folder and Path(args.out).is_dir():
         raise InputError(args.out, "--out is a folder; expected the report's file name, e.g. runs/bench/report.json")
@@ -174,6 +182,15 @@ def _learn(args) -> int:
     from brats_seg.bench.learn import run_learn
 
     return run_learn(args)
+
+
+def _paired(args) -> int:
+    from brats_seg.bench.common import save_report
+    from brats_seg.bench.paired import format_paired, paired_report
+
+    report = paired_report(args.a, args.b, args.variant)
+    save_report(args.out, report, format_paired(report))
+    return 0
 
 
 def _gpu(args) -> int:
