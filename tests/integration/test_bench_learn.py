@@ -218,7 +218,10 @@ def test_ctrl_c_waits_for_the_child_to_save(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", CHILD_THAT_SAVES_ON_CTRL_C, str(marker)], stdout=subprocess.PIPE,
                              text=True)
     assert child.stdout.readline().strip() == "ready"
-    ctrl_c = threading.Timer(0.2, lambda: (os.kill(child.pid, signal.SIGINT), os.kill(os.getpid(), signal.SIGINT)))
+    # the parent's SIGINT goes to its main thread: sent to the process from this timer thread, Linux may
+    # deliver it to the timer thread itself, and then nothing interrupts the main thread's wait()
+    main = threading.main_thread().ident
+    ctrl_c = threading.Timer(0.2, lambda: (os.kill(child.pid, signal.SIGINT), signal.pthread_kill(main, signal.SIGINT)))
     ctrl_c.start()
     with pytest.raises(KeyboardInterrupt):
         wait_through_ctrl_c(child)
