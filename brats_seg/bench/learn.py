@@ -35,7 +35,7 @@ from brats_seg.engine.config import config_hash
 from brats_seg.engine.run_info import git_commit, now
 from brats_seg.errors import InputError
 from brats_seg.io.manifest import load_manifest
-from brats_seg.seg3d.config import Config3D, load_config
+from brats_seg.seg3d.config import Config3D, load_config, split_seed
 
 
 
@@ -143,7 +143,7 @@ def bench_learn(opts: LearnOptions) -> dict:
     overrides = budget_overrides(opts, opts.config)
     cfg = check_recipe(opts.config, [*overrides, "data.fold=-1"])  # the recipe trained on every case
     raw, pp = resolve_data(opts)
-    folds = plan_folds(labelled_ids(raw, pp), opts.folds, cfg.seed, opts.out)
+    folds = plan_folds(labelled_ids(raw, pp), opts.folds, split_seed(cfg), opts.out)
     records, merged = [], {name: {"cases": {}, "thresholds": {}, "components": {}} for name in opts.variants}
     for fold in folds:
         record, scores = run_fold(fold, opts, raw, pp, overrides)
@@ -156,7 +156,7 @@ def bench_learn(opts: LearnOptions) -> dict:
         "kind": "brats-seg bench learn", "created_at": now(), "git_commit": git_commit(),
         "config": str(opts.config), "overrides": list(opts.overrides), "config_sha256": config_hash(cfg),
         "budget": {"minutes": opts.minutes, "steps": opts.steps, "time_budget_s": opts.budget_s},
-        "folds": opts.folds, "seed": cfg.seed, "data": {"raw": str(raw.resolve()), "preprocessed": str(pp.resolve())},
+        "folds": opts.folds, "seed": cfg.seed, "split_seed": split_seed(cfg), "data": {"raw": str(raw.resolve()), "preprocessed": str(pp.resolve())},
         "n_cases": sum(len(f.held_out) for f in folds), "predict_args": list(opts.predict_args),
         "et_grid_mm3": list(opts.et_grid), "fold_runs": records, "out": str(opts.out),
         "variants": {name: {"predict_args": list(opts.variants[name]), "mean": region_means(m["cases"]),

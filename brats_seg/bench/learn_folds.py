@@ -1,8 +1,9 @@
 """The folds of `bench learn`: which cases each holds out, the held-out raw manifests, and the
 `brats-seg train` / `brats-seg predict` subprocesses, each skipped when its output is current.
 
-Folds come from seg3d.split.kfold_split with the config's seed, the same function `brats-seg train
-data.folds=K data.fold=I` splits with, so fold I's run trains on exactly the cases not held out.
+Folds come from seg3d.split.kfold_split with the config's split seed (data.split_seed, by default
+the run's seed), the same function `brats-seg train data.folds=K data.fold=I` splits with, so fold
+I's run trains on exactly the cases not held out.
 """
 from __future__ import annotations
 

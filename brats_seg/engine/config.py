@@ -85,7 +85,7 @@ RUN_CONTROL_KEYS = (
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distributed.scaling": "samples", "optim.lr_scaling": "none", "schedule.follow_budget": True,
     "augment.modality_dropout": 0.0, "augment.bias_field_prob": 0.0, "augment.bias_field_coeff": 0.2,
-    "augment.bias_field_channels": ["all"],
+    "augment.bias_field_channels": ["all"], "data.split_seed": -1,
     "loss.region_weights": [1.0, 1.0, 1.0],  # the 3D task's sections
 }
 

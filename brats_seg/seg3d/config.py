@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from brats_seg.core.typed_config import Range, above, at_least, check_ranges, load_typed, ordered, within
-from brats_seg.engine.config import (SHARED_RANGES, DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig,
-                                    check_loop_sections, require)
+from brats_seg.engine.config import (SEED_MAX, SHARED_RANGES, DistributedConfig, OptimConfig, ScheduleConfig,
+                                    TrainConfig, check_loop_sections, require)
 
 
 @dataclass
@@ -44,6 +44,7 @@ class DataConfig:
     folds: int = 5
     fold: int = 0  # -1: every case trains, no validation
     outside: float = 0.5  # random patches may reach this fraction of the patch past the crop (<= 0.5)
+    split_seed: int = -1  # deals the folds; -1: the run's seed (so another seed is also another split)
 
 
 @dataclass
@@ -106,7 +107,7 @@ RANGES_3D: dict[str, Range] = {
     "loss.dice_weight": at_least(0), "loss.ce_weight": at_least(0), "loss.region_weights": at_least(0),
     "data.patch_size": within(8, 1024), "data.batch_size": within(1, 4096), "data.fg_fraction": _PROB,
     "data.num_workers": within(0, 256), "data.folds": within(2, 1000), "data.fold": at_least(-1),
-    "data.outside": within(0, 0.5),
+    "data.outside": within(0, 0.5), "data.split_seed": within(-1, SEED_MAX),
     "augment.flip_prob": _PROB, "augment.rotate_prob": _PROB, "augment.rotate_max_deg": within(0, 180),
     "augment.scale_prob": _PROB, "augment.scale_range": _FACTOR, "augment.brightness_prob": _PROB,
     "augment.brightness_range": _FACTOR, "augment.contrast_prob": _PROB, "augment.contrast_range": _FACTOR,
@@ -157,3 +158,8 @@ def check_bias_channels(names: Sequence[str]) -> None:
     require(len(set(names)) == len(names), "augment.bias_field_channels", f"got {shown}; a channel is named twice")
     require("all" not in names or len(names) == 1, "augment.bias_field_channels",
             f"got {shown}; expected [all] alone or a list of channel names")
+
+
+def split_seed(cfg: Config3D) -> int:
+    """The seed that deals the folds: data.split_seed, or the run's seed when it is -1."""
+    return cfg.seed if cfg.data.split_seed == -1 else cfg.data.split_seed

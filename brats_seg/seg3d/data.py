@@ -10,7 +10,7 @@ from brats_seg.engine.model_meta import THREE_D_EXTRAS, ModelMeta
 from brats_seg.errors import InputError
 from brats_seg.io.manifest import load_manifest, resolve_inside
 from brats_seg.core.hashing import sha256_file, sha256_json
-from brats_seg.seg3d.config import Config3D
+from brats_seg.seg3d.config import Config3D, split_seed
 from brats_seg.seg3d.loader import PatchDataset
 from brats_seg.seg3d.split import kfold_split
 
@@ -122,7 +122,7 @@ def open_dataset(manifest_path: Path, cfg: Config3D) -> Dataset3D:
                                                                 f"{channels} of case {labelled[0]['id']}")
         _check_case_files(root, c, manifest_path)
     bias_channel_indices(cfg.augment.bias_field_channels, channels)  # a misnamed channel fails here
-    split = kfold_split([c["id"] for c in labelled], cfg.data.folds, cfg.data.fold, cfg.seed)
+    split = kfold_split([c["id"] for c in labelled], cfg.data.folds, cfg.data.fold, split_seed(cfg))
     by_id = {c["id"]: c for c in labelled}
     val = [by_id[i] for i in split["val"]]
     if cfg.validation.max_cases:

@@ -148,3 +148,23 @@ def test_region_dice_by_hand():
     missed = dice_per_region(np.zeros(4, int), np.array([0, 0, 3, 0]))
     assert missed["ET"] == 0.0 and not math.isnan(missed["ET"])
     assert dice_per_region_torch(torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 3, 0])).tolist() == [0, 0, 0]
+
+
+def test_split_seed_deals_the_folds_apart_from_the_run_seed(tmp_path):
+    """data.split_seed fixes the folds while the seed changes the weights and patches; -1 (default)
+    keeps the old rule (the run's seed deals them) and the old config hash."""
+    from brats_seg.seg3d.config import split_seed
+    from brats_seg.seg3d.data import open_dataset
+    from tests.train_fixtures import TINY, make_dataset
+
+    manifest = make_dataset(tmp_path, n_cases=6)
+    split = {s: open_dataset(manifest, load_config(None, [*TINY, f"seed={s}", "data.split_seed=7"])).split["val"]
+             for s in (0, 1)}
+    assert split[0] == split[1]
+    default = {s: open_dataset(manifest, load_config(None, [*TINY, f"seed={s}"])).split["val"] for s in (0, 1, 2)}
+    assert len({tuple(v) for v in default.values()}) > 1  # the run seed deals them by default
+    assert split_seed(load_config(None, ["seed=5"])) == 5 and split_seed(load_config(None, ["data.split_seed=3"])) == 3
+    assert config_hash(load_config(None, ["data.split_seed=-1"])) == config_hash(load_config(None, []))
+    assert config_hash(load_config(None, ["data.split_seed=0"])) != config_hash(load_config(None, []))
+    with pytest.raises(InputError, match="data.split_seed"):
+        load_config(None, ["data.split_seed=-2"])
