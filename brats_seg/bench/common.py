@@ -6,7 +6,6 @@ machine hits every contender alike instead of landing on whichever happened to r
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -76,10 +75,33 @@ def markdown_table(header: list[str], rows: list[list], align: str = "") -> str:
 
 
 def save_report(out: Path | None, report: dict, table: str) -> None:
-    """Print the table; write the report as JSON to `out` and the table beside it (.md)."""
-    print(table)
+    """Write the report as JSON to `out` and the table beside it (.md), each atomically, then print
+    the table (a closed stdout, as in `| head`, then finds the files already written)."""
+    from brats_seg.core.atomic import atomic_write_json, atomic_write_text
+
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+        atomic_write_json(out, report)
+        atomic_write_text(out.with_suffix(".md"), table + "\n")
+    print(table)
+
+
+def check_report_path(out: Path) -> None:
+    """--out of a report: a JSON file name whose .md sibling is another name, and neither an
+    existing non-file (folder, FIFO) nor below a file. InputError (exit 2) before anything runs."""
+    from brats_seg.errors import InputError
+
+    out = Path(out)
+    if out.suffix == ".md":
+        raise InputError(out, "--out names the JSON report and the Markdown table goes beside it as .md; "
+                              "expected a name such as report.json")
+    for target in (out, out.with_suffix(".md")):
+        if target.exists() and not target.is_file():
+            raise InputError(target, "--out (or its .md sibling) exists and is not a regular file; expected a "
+                                     "new file name or a report file to replace")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(out, f"--out lies below {parent}, which is a file, not a folder")
+            break

@@ -19,7 +19,8 @@ from brats_seg.errors import InputError
 from brats_seg.io.labels import REGION_NAMES
 
 LEARN_KIND = "brats-seg bench learn"
-Score = Annotated[StrictFloat | StrictInt, Field(ge=0)]  # Dice in [0, 1]; HD95 >= 0 (373.13 when one is empty)
+# HD95 in mm: finite, >= 0 and below a bound far past any scan (373.13 is BraTS's empty-region penalty)
+Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1e6, allow_inf_nan=False)]
 
 
 class _Region(BaseModel):
@@ -85,7 +86,8 @@ def paired_report(a_path: Path, b_path: Path, variant: str = "base") -> dict:
         raise InputError(b_path, f"shares {len(shared)} held-out case(s) with {a_path}; expected the same cases "
                                  "scored in both studies (the same data)")
     folds_a, folds_b = held_out_sets(study_a), held_out_sets(study_b)
-    same_folds = all(folds_a.get(c) == folds_b.get(c) for c in shared)
+    known = all(c in folds_a and c in folds_b for c in shared)  # fold_runs may not list a case (hand-edited)
+    same_folds = all(folds_a[c] == folds_b[c] for c in shared) if known else None
     regions = {region: _region_stats([getattr(cases_a[c], region) for c in shared],
                                      [getattr(cases_b[c], region) for c in shared]) for region in REGION_NAMES}
     per_case = {c: {r: {"a": getattr(cases_a[c], r).dice, "b": getattr(cases_b[c], r).dice} for r in REGION_NAMES}
@@ -116,8 +118,9 @@ def wilcoxon_p(diffs: list[float]) -> float:
 
 def format_paired(report: dict) -> str:
     """The Markdown the command prints: one row per region, then each case's Dice in A and B."""
-    folds = ("the same folds" if report["same_folds"] else
-             "other folds (another seed or split: the pairing also carries the split's noise)")
+    folds = {True: "the same folds", None: "fold assignment unknown (fold_runs does not list every case)",
+             False: "other folds (another seed or split: the pairing also carries the split's noise)"}
+    folds = folds[report["same_folds"]]
     lines = [f"bench paired: B = {report['b']} against A = {report['a']} ({report['variant']}), "
              f"{len(report['cases'])} shared held-out cases, {folds}", "",
              "| region | A Dice | B Dice | B - A | B better | B worse | Wilcoxon p | B - A HD95 mm |",

@@ -100,6 +100,10 @@ def _check_args(args: argparse.Namespace) -> None:
     folder = args.bench in ("2d", "learn")
     if not folder and Path(args.out).is_dir():
         raise InputError(args.out, "--out is a folder; expected the report's file name, e.g. runs/bench/report.json")
+    if not folder:
+        from brats_seg.bench.common import check_report_path
+
+        check_report_path(args.out)
     for out in [args.out] if folder else [args.out, args.out.with_suffix(".md")]:
         refuse_overwrite(out, inputs, "--out", out_is_folder=folder)
 

@@ -5,7 +5,7 @@ infer.segmenter (which uses it) do not import each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from brats_seg.engine.model_meta import ModelMeta
 from brats_seg.errors import InputError
@@ -47,6 +47,21 @@ def respaced(spec: ModelSpec, spacing: tuple[float, float, float], multiple: int
         raise InputError("--spacing", f"the model ({spec.identity.get('checkpoint', 'this run')}) was trained at "
                                       f"{spec.spacing} spacing, with no voxel size to scale its window from; "
                                       "--spacing needs a run preprocessed at a fixed spacing")
-    patch = tuple(max(multiple, round(p * old / new / multiple) * multiple)
-                  for p, old, new in zip(spec.patch_size, spec.spacing, spacing))
+    scales = [old / new for old, new in zip(spec.spacing, spacing)]
+    if not all(1 / MAX_RESCALE <= s <= MAX_RESCALE for s in scales):
+        raise InputError("--spacing", f"{_mm(spacing)} mm is more than {MAX_RESCALE:g}x finer or coarser than the "
+                                      f"{_mm(spec.spacing)} mm the model trained at; expected a spacing within that")
+    patch = tuple(round(p * s / multiple) * multiple for p, s in zip(spec.patch_size, scales))
+    if min(patch) < 2 * multiple:  # below 2 multiples the bottleneck is one voxel, where instance norm fails
+        coarsest = min(p * old / (2 * multiple) for p, old in zip(spec.patch_size, spec.spacing))
+        raise InputError("--spacing", f"{_mm(spacing)} mm shrinks the {_mm(spec.patch_size, 'x')} window to "
+                                      f"{_mm(patch, 'x')}, below the {2 * multiple} voxels a side this network needs; "
+                                      f"expected at most {coarsest:g} mm")
     return replace(spec, spacing=tuple(float(v) for v in spacing), patch_size=patch)
+
+
+MAX_RESCALE = 4.0  # a window 4x the trained one per axis (64^3 -> 256^3) is ~64x the activations
+
+
+def _mm(values: Sequence[float], sep: str = ",") -> str:
+    return sep.join(f"{v:g}" for v in values)

@@ -105,6 +105,7 @@ class Segmenter:
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device).eval()
         self.spec = respaced(spec, spacing, size_multiple(model, spec.patch_size)) if spacing else spec
+        _check_window_voxels(self.spec.patch_size, max_voxels)
         axes = tuple(mirror_axes) if mirror_axes is not None else ((0, 1, 2) if tta else ())
         self.window = window_for(model, self.spec.patch_size, overlap, batch_size, axes, grow)
         self.postprocess = postprocess or PostprocessConfig()
@@ -243,6 +244,16 @@ class Segmenter:
 
     def _to_labels(self, probs: torch.Tensor) -> np.ndarray:
         return probabilities_to_labels(probs, self.spec.mode).to(torch.uint8).cpu().numpy()
+
+
+def _check_window_voxels(window: Sequence[int], max_voxels: int | None) -> None:
+    """A window larger than the grid bound (predict --spacing scales it) is refused, not allocated."""
+    from brats_seg.preprocess.case import MAX_GRID_VOXELS
+
+    limit = max_voxels or MAX_GRID_VOXELS
+    if int(np.prod(window)) > limit:
+        raise InputError("--spacing", f"the window would be {'x'.join(str(w) for w in window)} voxels, more than "
+                                      f"--max-voxels {limit}; expected a coarser spacing or a larger --max-voxels")
 
 
 class _Clock:

@@ -28,8 +28,28 @@ def test_window_keeps_the_physical_extent_rounded_to_the_network_multiple():
     assert respaced(_spec((2.0, 2.0, 2.0)), (1.0, 1.0, 1.0), 8).patch_size == (128, 128, 128)
     assert respaced(_spec((2.0, 2.0, 2.0)), (1.5, 1.5, 1.5), 8).patch_size == (88, 88, 88)  # 85.3 -> 88
     assert respaced(_spec((2.0, 2.0, 2.0)), (1.0, 1.0, 4.0), 8).patch_size == (128, 128, 32)
-    assert respaced(_spec((2.0, 2.0, 2.0)), (50.0, 50.0, 50.0), 8).patch_size == (8, 8, 8)  # one multiple at least
     assert respaced(_spec((2.0, 2.0, 2.0)), (1.0, 1.0, 1.0), 8).spacing == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("patch,spacing,multiple,problem", [
+    (64, (0.45, 2.0, 2.0), 8, "more than 4x finer or coarser"),
+    (64, (2.0, 9.0, 2.0), 8, "more than 4x finer or coarser"),
+    (16, (2.0, 2.0, 6.0), 4, "16x16x16 window to 16x16x4, below the 8 voxels a side.*at most 4 mm"),
+])
+def test_windows_far_from_the_trained_one_are_refused_before_any_allocation(patch, spacing, multiple, problem):
+    """Finer than 4x would make a window of 64x the activations; coarser can leave a one-voxel
+    bottleneck, where instance norm fails (a traceback, not a mask)."""
+    spec = ModelSpec("regions", ("t1", "t1ce", "t2", "flair"), (patch,) * 3, (2.0, 2.0, 2.0))
+    with pytest.raises(InputError, match=f"--spacing.*{problem}"):
+        respaced(spec, spacing, multiple)
+
+
+def test_a_window_past_max_voxels_is_one_line_before_anything_runs(tmp_path, case_and_run, run_cli):
+    raw, run = case_and_run
+    code, _, err = run_cli("predict", "--model", run, "--manifest", raw, "--out", tmp_path / "p", "--spacing", "0.5",
+                           "--max-voxels", "100000")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "64x64x64" in err and "--max-voxels" in err, err
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_native_spacing_run_has_no_voxel_size_to_scale_from():

@@ -3,6 +3,7 @@ or foreign files are one error line."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,40 @@ def test_cli_prints_the_table_and_writes_the_report(tmp_path, run_cli):
     before = (a / "learn.json").read_bytes()
     code, _, err = run_cli("bench", "paired", a, b, "--out", a / "learn.json")
     assert code == 2 and "--out" in err and (a / "learn.json").read_bytes() == before, err
+
+
+def test_report_paths_that_would_lose_or_block_a_report_are_refused_first(tmp_path, run_cli):
+    """--out X.md (its .md sibling is itself), a FIFO (write would block), a folder where the .md goes,
+    and a path below a file: each one line, exit 2, nothing written."""
+    import os
+
+    a = _study(tmp_path / "a", {c: (0.8, 0.6, 0.5) for c in CASES}, FOLDS)
+    b = _study(tmp_path / "b", {c: (0.9, 0.6, 0.5) for c in CASES}, FOLDS)
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "blocked.md").mkdir()
+    for out, needle in ((tmp_path / "r.md", "Markdown table goes beside it"),
+                        (tmp_path / "fifo.json", "not a regular file"),
+                        (tmp_path / "blocked.json", "not a regular file"),
+                        (a / "learn.json" / "x.json", "which is a file")):
+        code, _, err = run_cli("bench", "paired", a, b, "--out", out)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "r.md").exists() and not (tmp_path / "blocked.json").exists()
+
+
+def test_infinite_hd95_is_refused(tmp_path):
+    a = _study(tmp_path / "a", {c: (0.8, 0.6, 0.5) for c in CASES}, FOLDS)
+    b = _study(tmp_path / "b", {c: (0.8, 0.6, 0.5) for c in CASES}, FOLDS)
+    text = re.sub(r'"hd95_mm": [0-9.e-]+', '"hd95_mm": Infinity', (b / "learn.json").read_text(), count=1)
+    (b / "learn.json").write_text(text)
+    with pytest.raises(InputError, match="hd95_mm"):
+        paired_report(a, b)
+
+
+def test_cases_missing_from_fold_runs_make_the_fold_match_unknown(tmp_path):
+    a = _study(tmp_path / "a", {c: (0.8, 0.6, 0.5) for c in CASES}, FOLDS)
+    b = _study(tmp_path / "b", {c: (0.8, 0.6, 0.5) for c in CASES}, FOLDS)
+    doc = json.loads((a / "learn.json").read_text())
+    doc["fold_runs"] = []
+    (a / "learn.json").write_text(json.dumps(doc))
+    report = paired_report(a, b)
+    assert report["same_folds"] is None and "fold assignment unknown" in format_paired(report)
