@@ -8,7 +8,8 @@ multiplicative brightness, contrast about the mean, gamma on the [0, 1]-rescaled
 noise, a smooth multiplicative bias field (augment.bias_field_prob, on the channels named by
 augment.bias_field_channels), then modality dropout (augment.modality_dropout: the sample loses one
 or more channels, never all, set to 0 as a z-scored channel's mean is, which is what
-`predict --missing` feeds the network for a sequence that was not acquired). Mirroring last (views, then one contiguous copy).
+`predict --missing` feeds the network for a sequence that was not acquired). Mirroring last
+(views, then one contiguous copy).
 """
 from __future__ import annotations
 
