@@ -13,7 +13,9 @@ predictions) is kept on a rerun; a killed one resumes (`brats-seg train --resume
 
 DIR holds: preprocessed/ (when --data is a raw manifest), fold_I/ (heldout_raw.json, run/, train.log,
 pred_<variant>/, eval_<variant>/, the predict logs and markers) and learn.json, written atomically
-at the end with every figure printed.
+at the end with every figure printed. `--only-folds I,J` runs some folds only (a cluster array job
+per fold, or a study spread over sessions) and writes learn_folds_I_J.json instead; `brats-seg
+bench merge` joins such parts into the full report, from the parts alone.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from typing import Sequence
 from brats_seg.bench.learn_folds import (Fold, StepFailed, plan_folds, predict_fold, train_fold,
                                          write_heldout_manifest)
 from brats_seg.bench.learn_options import DEFAULT_SPACING, LearnOptions, options_from_args
-from brats_seg.bench.learn_report import format_report, read_case_rows, region_means
-from brats_seg.bench.learn_components import component_scores, component_study
-from brats_seg.bench.learn_threshold import case_scores, fold_pairs, study
+from brats_seg.bench.learn_components import component_scores
+from brats_seg.bench.learn_report import LEARN_KIND, assemble_report, format_report, read_case_rows, report_name
+from brats_seg.bench.learn_threshold import case_scores, fold_pairs
 from brats_seg.core.atomic import atomic_write_json
 from brats_seg.core.hashing import sha256_file
 from brats_seg.engine.config import config_hash
@@ -139,11 +141,13 @@ def postprocess_scores(pred_dir: Path, truth: Path, roots: Sequence[Path], opts:
 
 
 def bench_learn(opts: LearnOptions) -> dict:
-    """Run (or finish) the study; returns the report also written to DIR/learn.json."""
+    """Run (or finish) the study, or the folds of --only-folds; returns the report also written to
+    DIR/learn.json (every fold) or DIR/learn_folds_I_J.json (some: `bench merge` joins such parts)."""
     overrides = budget_overrides(opts, opts.config)
     cfg = check_recipe(opts.config, [*overrides, "data.fold=-1"])  # the recipe trained on every case
     raw, pp = resolve_data(opts)
     folds = plan_folds(labelled_ids(raw, pp), opts.folds, split_seed(cfg), opts.out)
+    folds = [f for f in folds if not opts.only_folds or f.index in opts.only_folds]
     records, merged = [], {name: {"cases": {}, "thresholds": {}, "components": {}} for name in opts.variants}
     for fold in folds:
         record, scores = run_fold(fold, opts, raw, pp, overrides)
@@ -152,22 +156,18 @@ def bench_learn(opts: LearnOptions) -> dict:
             merged[name]["cases"].update(s["cases"])
             for key in ("thresholds", "components"):
                 merged[name][key].update(s[key])
-    report = {
-        "kind": "brats-seg bench learn", "created_at": now(), "git_commit": git_commit(),
+    meta = {
+        "kind": LEARN_KIND, "created_at": now(), "git_commit": git_commit(),
         "config": str(opts.config), "overrides": list(opts.overrides), "config_sha256": config_hash(cfg),
         "budget": {"minutes": opts.minutes, "steps": opts.steps, "time_budget_s": opts.budget_s},
         "folds": opts.folds, "seed": cfg.seed, "split_seed": split_seed(cfg),
         "data": {"raw": str(raw.resolve()), "preprocessed": str(pp.resolve())},
-        "n_cases": sum(len(f.held_out) for f in folds), "predict_args": list(opts.predict_args),
-        "et_grid_mm3": list(opts.et_grid), "fold_runs": records, "out": str(opts.out),
-        "variants": {name: {"predict_args": list(opts.variants[name]), "mean": region_means(m["cases"]),
-                            "cases": m["cases"], "et_threshold": study(m["thresholds"]),
-                            "components": component_study(m["components"],
-                                                          {cid: c["fold"] for cid, c in m["cases"].items()})}
-                     for name, m in merged.items()},
+        "predict_args": list(opts.predict_args), "et_grid_mm3": list(opts.et_grid), "out": str(opts.out),
     }
-    atomic_write_json(opts.out / "learn.json", report)
-    print(f"bench learn: {len(folds)} folds -> {opts.out / 'learn.json'}", file=sys.stderr)
+    report = assemble_report(meta, records, merged, {n: list(a) for n, a in opts.variants.items()})
+    path = opts.out / report_name(report)
+    atomic_write_json(path, report)
+    print(f"bench learn: {len(folds)} of {opts.folds} folds -> {path}", file=sys.stderr)
     return report
 
 

@@ -33,6 +33,7 @@ class LearnOptions:
     et_grid: tuple[float, ...] = ()
     data_roots: tuple[Path, ...] = ()
     workers: int = 2
+    only_folds: tuple[int, ...] = ()  # empty: every fold
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)  # name -> predict args
 
     def __post_init__(self) -> None:
@@ -45,6 +46,9 @@ class LearnOptions:
             raise InputError("--steps", f"got {self.steps}; expected an integer >= 1")
         if self.folds < 2:
             raise InputError("--folds", f"got {self.folds}; expected at least 2 (every case is held out once)")
+        if any(not 0 <= i < self.folds for i in self.only_folds) or len(set(self.only_folds)) != len(self.only_folds):
+            raise InputError("--only-folds", f"got {','.join(map(str, self.only_folds))}; expected distinct fold "
+                                             f"indices from 0 to {self.folds - 1} (--folds {self.folds})")
         for item in self.overrides:
             key = item.partition("=")[0].strip()
             if key in RESERVED or (self.steps is not None and key == "train.epochs"):
@@ -107,6 +111,16 @@ def _check_values(ns: argparse.Namespace) -> None:
         raise InputError("--predict-args", f"{exc}; expected valid `brats-seg predict` options") from None
 
 
+def parse_only_folds(text: str | None) -> tuple[int, ...]:
+    """--only-folds '0,2' -> (0, 2), sorted; None -> () (every fold). Ranges are checked with --folds."""
+    if text is None:
+        return ()
+    items = [t.strip() for t in text.split(",")]
+    if not items or not all(t.isdigit() for t in items):  # isdigit: no sign, no blank, no decimal point
+        raise InputError("--only-folds", f"{text!r} is not valid; expected fold indices separated by commas, e.g. 0,1")
+    return tuple(sorted(int(t) for t in items))
+
+
 def options_from_args(args: argparse.Namespace) -> LearnOptions:
     """The checked options of `bench learn` (every value checked before anything runs)."""
     from brats_seg.bench.learn_threshold import ET_GRID_MM3, parse_grid
@@ -119,7 +133,8 @@ def options_from_args(args: argparse.Namespace) -> LearnOptions:
                         steps=args.steps, overrides=tuple(args.overrides), predict_args=predict_args,
                         compare_tta=args.compare_tta, spacing=args.spacing,
                         et_grid=ET_GRID_MM3 if args.et_grid is None else parse_grid(args.et_grid),
-                        data_roots=tuple(args.data_root), workers=args.workers)
+                        data_roots=tuple(args.data_root), workers=args.workers,
+                        only_folds=parse_only_folds(args.only_folds))
 
 
 def add_parser(sub: Any, config_default: Path) -> None:
@@ -142,4 +157,7 @@ def add_parser(sub: Any, config_default: Path) -> None:
     p.add_argument("--data-root", action="append", type=Path, default=[], metavar="DIR",
                    help="allow raw-manifest roots inside DIR (repeatable), as for preprocess and predict")
     p.add_argument("--workers", type=int, default=2, help="preprocessing workers (default 2)")
+    p.add_argument("--only-folds", default=None, metavar="I,J",
+                   help="run these folds only (e.g. one per cluster array job) and write OUT/learn_folds_I_J.json; "
+                        "`brats-seg bench merge` joins the parts")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for brats-seg train")

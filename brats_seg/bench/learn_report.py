@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from brats_seg.bench.learn_components import component_table_md
+from brats_seg.bench.learn_components import component_study, component_table_md
+from brats_seg.bench.learn_threshold import study
 from brats_seg.evaluate.metrics import summarise
 from brats_seg.io.labels import REGION_NAMES
 
 KEPT = ("dice", "hd95_mm", "volume_pred_ml", "volume_truth_ml")
+LEARN_KIND = "brats-seg bench learn"
 
 
 def read_case_rows(eval_dir: Path, fold: int) -> dict[str, dict]:
@@ -31,6 +33,27 @@ def region_means(cases: dict[str, dict]) -> dict[str, dict]:
     """Per region: mean/median/std/min/max/n of Dice and HD95 over the cases."""
     return {region: {metric: summarise([c[region][metric] for c in cases.values()]) for metric in ("dice", "hd95_mm")}
             for region in REGION_NAMES}
+
+
+def assemble_report(meta: dict, records: list[dict], merged: dict[str, dict], variant_args: dict[str, list]) -> dict:
+    """The report of the folds in `records`: per predict variant the means, per-case scores and the
+    ET threshold and component studies over exactly their held-out cases. merged: variant ->
+    {cases, thresholds, components}, each case id -> its scores (what run_fold gathers)."""
+    records = sorted(records, key=lambda r: r["fold"])
+    folds_run = [r["fold"] for r in records]
+    variants = {}
+    for name, m in merged.items():
+        case_folds = {cid: c["fold"] for cid, c in m["cases"].items()}
+        variants[name] = {"predict_args": list(variant_args[name]), "mean": region_means(m["cases"]),
+                          "cases": m["cases"], "et_threshold": study(m["thresholds"]),
+                          "components": component_study(m["components"], case_folds)}
+    return {**meta, "folds_run": folds_run, "complete": len(folds_run) == meta["folds"],
+            "n_cases": sum(len(r["held_out"]) for r in records), "fold_runs": records, "variants": variants}
+
+
+def report_name(report: dict) -> str:
+    """learn.json for every fold; learn_folds_I_J.json for a part (what `bench merge` joins)."""
+    return "learn.json" if report["complete"] else "learn_folds_" + "_".join(map(str, report["folds_run"])) + ".json"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -85,7 +108,9 @@ def format_report(report: dict) -> str:
     """Everything bench learn prints: header, means, thresholds, per-case scores, folds."""
     budget = report["budget"]
     what = f"{budget['minutes']:g} min" if budget["minutes"] is not None else f"{budget['steps']} steps"
-    parts = [f"bench learn: {report['config']} (config hash {report['config_sha256'][:12]}), {report['folds']} folds, "
+    folds = f"{report['folds']} folds" if report["complete"] else \
+        f"folds {', '.join(map(str, report['folds_run']))} of {report['folds']} (a part; bench merge joins the parts)"
+    parts = [f"bench learn: {report['config']} (config hash {report['config_sha256'][:12]}), {folds}, "
              f"{what} per fold, {report['n_cases']} held-out cases",
              "", "Mean over all held-out cases:", means_table(report["variants"])]
     for name, v in report["variants"].items():

@@ -116,8 +116,7 @@ def study(per_case: dict[str, list[dict]]) -> dict:
     base = at.get(0.0)
     return {"table": table, "chosen_et_min_mm3": chosen, "chosen_mean_et_dice": at[chosen],
             "gain_over_0": None if base is None else at[chosen] - base,
-            "per_case": {cid: [{k: r[k] for k in ("et_min_mm3", "et_dice")} for r in rows]
-                         for cid, rows in per_case.items()}}
+            "per_case": per_case}  # every row kept: `bench merge` recomputes the table from them
 
 
 def parse_grid(text: str) -> tuple[float, ...]:

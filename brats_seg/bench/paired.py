@@ -10,55 +10,14 @@ report says so.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
-
+from brats_seg.bench.learn_report import LEARN_KIND
+from brats_seg.bench.learn_schema import Case, LearnStudy, Region
 from brats_seg.contracts.jsonfile import read_model
 from brats_seg.errors import InputError
 from brats_seg.io.labels import REGION_NAMES
 
-LEARN_KIND = "brats-seg bench learn"
-# HD95 in mm: finite, >= 0 and below a bound far past any scan (373.13 is BraTS's empty-region penalty)
-Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1e6, allow_inf_nan=False)]
-
-
-class _Region(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    dice: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
-    hd95_mm: Score
-
-
-class _Case(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    fold: Annotated[StrictInt, Field(ge=0)]
-    WT: _Region
-    TC: _Region
-    ET: _Region
-
-
-class _Variant(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    cases: dict[StrictStr, _Case]
-
-
-class _FoldRun(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    fold: StrictInt
-    held_out: list[StrictStr]
-
-
-class LearnStudy(BaseModel):
-    """The part of learn.json a paired comparison reads."""
-
-    model_config = ConfigDict(extra="allow")
-    kind: StrictStr
-    config_sha256: StrictStr
-    fold_runs: list[_FoldRun]
-    variants: dict[StrictStr, _Variant]
-
-
-def load_study(path: Path, variant: str) -> tuple[LearnStudy, dict[str, _Case]]:
+def load_study(path: Path, variant: str) -> tuple[LearnStudy, dict[str, Case]]:
     """(study, its variant's cases) from a study folder or its learn.json; InputError otherwise."""
     path = Path(path)
     file = path / "learn.json" if path.is_dir() else path
@@ -98,7 +57,7 @@ def paired_report(a_path: Path, b_path: Path, variant: str = "base") -> dict:
             "same_folds": same_folds, "regions": regions, "per_case": per_case}
 
 
-def _region_stats(a: list[_Region], b: list[_Region]) -> dict:
+def _region_stats(a: list[Region], b: list[Region]) -> dict:
     diffs = [y.dice - x.dice for x, y in zip(a, b)]
     n = len(diffs)
     return {"dice_a": sum(x.dice for x in a) / n, "dice_b": sum(y.dice for y in b) / n, "dice_diff": sum(diffs) / n,

@@ -1,6 +1,7 @@
 """`brats-seg bench {preprocess,train,infer,2d,contracts}`: speed measured side by side against a reference;
 `brats-seg bench learn`: a training recipe judged by K-fold cross-validation (bench/learn.py);
-`brats-seg bench paired A B`: two such studies compared case by case (bench/paired.py).
+`brats-seg bench paired A B`: two such studies compared case by case (bench/paired.py);
+`brats-seg bench merge PART...`: the parts of one study (bench learn --only-folds) joined (bench/learn_merge.py).
 
 Each prints a Markdown table and writes JSON + Markdown under --out (default runs/bench/).
 """
@@ -55,6 +56,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     paired.add_argument("b", type=Path, help="the study judged against it")
     paired.add_argument("--variant", default="base", help="which predict variant to pair (default base; e.g. tta)")
     paired.add_argument("--out", type=Path, default=Path("runs/bench/paired.json"))
+    merge = sub.add_parser("merge", help="the parts of one bench learn study (--only-folds) joined into one report")
+    merge.add_argument("parts", type=Path, nargs="+", help="learn_folds_*.json files of one study")
+    merge.add_argument("--out", type=Path, required=True, help="the joined report, e.g. runs/cv/NAME/learn.json")
     _add_gpu(sub)
 
 
@@ -76,7 +80,8 @@ def _add_gpu(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     return {"preprocess": _preprocess, "train": _train, "infer": _infer, "2d": _two_d,
-            "contracts": _contracts, "learn": _learn, "gpu": _gpu, "paired": _paired}[args.bench](args)
+            "contracts": _contracts, "learn": _learn, "gpu": _gpu, "paired": _paired,
+            "merge": _merge}[args.bench](args)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -95,6 +100,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--train-seconds", f"got {seconds}; expected a positive number of seconds")
     inputs = [getattr(args, k) for k in ("data", "config", "model", "case", "loader_case", "loader_config", "a", "b")
               if getattr(args, k, None) is not None]
+    inputs += list(getattr(args, "parts", None) or [])
     if args.bench == "paired":  # a study folder's learn.json is what it reads
         inputs += [Path(p) / "learn.json" for p in (args.a, args.b) if Path(p).is_dir()]
     folder = args.bench in ("2d", "learn")
@@ -194,6 +200,16 @@ def _paired(args) -> int:
 
     report = paired_report(args.a, args.b, args.variant)
     save_report(args.out, report, format_paired(report))
+    return 0
+
+
+def _merge(args) -> int:
+    from brats_seg.bench.common import save_report
+    from brats_seg.bench.learn_merge import merge_parts
+    from brats_seg.bench.learn_report import format_report
+
+    report = merge_parts(args.parts, args.out)
+    save_report(args.out, report, format_report(report))
     return 0
 
 

@@ -235,3 +235,47 @@ def _ctrl_c_during_wait(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         wait_through_ctrl_c(child)
     assert child.returncode == 130 and marker.read_text() == "saved"
+
+
+def test_parts_run_apart_merge_into_the_full_report(study, tmp_path):
+    """--only-folds writes one part per fold (reusing the finished folds here); bench merge joins
+    them into the report bench learn writes for every fold, recomputed from the parts alone."""
+    root, _, _ = study
+    code, _, err = _learn(root, root / "cv")  # the full report, base variant only (other tests add tta)
+    assert code == 0, err
+    full = json.loads((root / "cv" / "learn.json").read_text())
+    parts = []
+    for fold in (1, 0):
+        code, out, err = _learn(root, root / "cv", "--only-folds", str(fold))
+        assert code == 0, err
+        assert "training" not in err and f"folds {fold} of 2 (a part" in out
+        part = json.loads((root / "cv" / f"learn_folds_{fold}.json").read_text())
+        assert part["folds_run"] == [fold] and not part["complete"] and part["n_cases"] == 2
+        assert sorted(part["variants"]["base"]["cases"]) == sorted(full["fold_runs"][fold]["held_out"])
+        parts.append(root / "cv" / f"learn_folds_{fold}.json")
+    code, out, err = _main("bench", "merge", *parts, "--out", tmp_path / "merged.json")
+    assert code == 0, err
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["complete"] and merged["folds_run"] == [0, 1] and merged["n_cases"] == 4
+    assert merged["config_sha256"] == full["config_sha256"] and "2 folds" in out
+    got, want = merged["variants"]["base"], full["variants"]["base"]
+    assert got["cases"] == want["cases"]
+    for key in ("mean", "et_threshold", "components"):  # the same figures, summed in the same order
+        _assert_close(got[key], want[key], key)
+    assert [f["held_out"] for f in merged["fold_runs"]] == [f["held_out"] for f in full["fold_runs"]]
+
+
+def _assert_close(got, want, where: str) -> None:
+    """Nested dicts and lists equal, floats to 1e-9 (pytest.approx does not nest)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for key in want:
+            _assert_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
+    else:
+        assert got == want, where
