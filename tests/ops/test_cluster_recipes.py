@@ -3,6 +3,8 @@
 - pipelines/cluster/slurm_preprocess_array.sbatch and pipelines/cluster/slurm_predict_array.sbatch: the scripts
   themselves, run with bash as 2 array tasks at once (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT
   set, as SLURM sets them); the merged manifest and every output file equal a single run's.
+- pipelines/cluster/slurm_cv_array.sbatch: one bench learn fold per array task (2 at once), the parts
+  joined into learn.json by the task that finds them all.
 - pipelines/cluster/torchrun_multi_node.sh: 2 "nodes" of 1 CPU process each, started as two local agents
   meeting through c10d rendezvous on 127.0.0.1:<free port>.
 - pipelines/cluster/torchrun_single_node.sh: 2 CPU processes on one node; SIGTERM to the torchrun job (what
@@ -49,14 +51,15 @@ def recipe_env(**extra: str) -> dict:
     return env
 
 
-def run_array(script: str, args: list, tasks: int = 2, **extra: str) -> list[subprocess.CompletedProcess]:
+def run_array(script: str, args: list, tasks: int = 2, timeout: float = 180, **extra: str
+              ) -> list[subprocess.CompletedProcess]:
     """`bash pipelines/cluster/SCRIPT ARGS` as `tasks` array tasks running at the same time."""
     procs = [subprocess.Popen(["bash", str(CLUSTER / script), *map(str, args)], cwd=REPO, text=True,
                               env=recipe_env(SLURM_ARRAY_TASK_ID=str(i), SLURM_ARRAY_TASK_COUNT=str(tasks), **extra),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(tasks)]
     done = []
     for proc in procs:
-        out, err = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=timeout)
         done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     return done
 
@@ -82,7 +85,8 @@ def raw(tmp_path_factory) -> Path:
     return root / "raw.json"
 
 
-@pytest.mark.parametrize("script", ["slurm_preprocess_array.sbatch", "slurm_predict_array.sbatch"])
+@pytest.mark.parametrize("script", ["slurm_preprocess_array.sbatch", "slurm_predict_array.sbatch",
+                                    "slurm_cv_array.sbatch"])
 def test_array_scripts_refuse_to_run_outside_an_array(script, tmp_path):
     args = ["a", "b"] if "preprocess" in script else ["a", "b", "c"]
     proc = subprocess.run(["bash", str(CLUSTER / script), *args], cwd=tmp_path, env=recipe_env(),
@@ -372,3 +376,31 @@ def test_recipes_have_no_unguarded_array_expansion():
         for line in path.read_text().splitlines():
             if not line.lstrip().startswith("#"):
                 assert not re.search(r'"\$\{\w+\[@\]\}"', line), f"{path.name}: {line}"
+
+
+def test_cv_array_recipe_trains_one_fold_per_task_and_joins_them(raw, tmp_path, run_cli):
+    """slurm_cv_array.sbatch as 2 array tasks at once: each runs its fold of bench learn, and the
+    joined learn.json scores every case once, as one bench learn run of both folds does."""
+    from tests.integration.test_bench_learn import TINY_YAML
+
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    code, _, err = run_cli("preprocess", raw, "--out", tmp_path / "pp", "--workers", "1")
+    assert code == 0, err
+    args = [tmp_path / "tiny.yaml", tmp_path / "pp" / "preprocessed.json", tmp_path / "cv", "--steps", "2",
+            "--predict-args=--threads 1", "--et-grid", "0,500"]
+    for task in run_array("slurm_cv_array.sbatch", args, timeout=600):  # 2 train + 2 predict subprocesses
+        assert task.returncode == 0, task.stderr
+    parts = [json.loads((tmp_path / "cv" / f"learn_folds_{i}.json").read_text()) for i in range(2)]
+    report = json.loads((tmp_path / "cv" / "learn.json").read_text())
+    assert report["complete"] and report["n_cases"] == 5 and report["folds_run"] == [0, 1]
+    cases = report["variants"]["base"]["cases"]
+    assert sorted(cases) == sorted(c for p in parts for c in p["variants"]["base"]["cases"])
+    assert {cases[c]["fold"] for c in cases} == {0, 1}
+    assert all(p["config_sha256"] == report["config_sha256"] for p in parts)
+
+
+def test_cv_array_recipe_refuses_a_raw_manifest(raw, tmp_path):
+    proc = subprocess.run(["bash", str(CLUSTER / "slurm_cv_array.sbatch"), "c.yaml", str(raw), str(tmp_path / "cv"),
+                           "--steps", "2"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=recipe_env(SLURM_ARRAY_TASK_ID="0", SLURM_ARRAY_TASK_COUNT="2"))
+    assert proc.returncode == 2 and "preprocessed.json" in proc.stderr and not (tmp_path / "cv").exists()
