@@ -31,6 +31,8 @@ def read_part(path: Path) -> LearnPart:
     if part.kind != LEARN_KIND:
         raise InputError(path, f"kind is {part.kind!r}; expected {LEARN_KIND!r} ({EXPECTED})")
     held = {cid: f.fold for f in part.fold_runs for cid in f.held_out}
+    if not held:
+        raise InputError(path, f"holds no scored fold; expected {EXPECTED} with at least one fold")
     if any(not f.fold < part.folds for f in part.fold_runs):
         raise InputError(path, f"lists a fold outside 0..{part.folds - 1} (folds {part.folds})")
     grid = [float(t) for t in part.et_grid_mm3]

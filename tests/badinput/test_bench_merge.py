@@ -79,6 +79,7 @@ def _edited(edit) -> dict:
     (lambda d: d["variants"]["base"].update(predict_args=["--tta"]), "variants"),
     (lambda d: d.update(kind="something else"), "kind"),
     (lambda d: d.pop("fold_runs"), "fold_runs"),
+    (lambda d: d.update(_part(1, [])), "no scored fold"),
 ])
 def test_parts_of_another_study_or_damaged_are_refused(tmp_path, edit, words):
     code, err = _merge(tmp_path, _edited(edit))
