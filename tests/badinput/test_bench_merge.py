@@ -113,3 +113,15 @@ def test_only_folds_must_be_the_studys_folds(tmp_path, value):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "--only-folds" in lines[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_committed_study_part_stays_mergeable(tmp_path):
+    """The 60-minute row's first part (pipelines/studies/results/) must stay readable by bench merge,
+    or the row cannot be finished without retraining those folds."""
+    part = Path(__file__).resolve().parents[2] / "pipelines" / "studies" / "results" / "m60_learn_folds_0_1.json"
+    code, out, err = _main("bench", "merge", part, "--out", tmp_path / "m.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["folds_run"] == [0, 1] and not report["complete"] and report["n_cases"] == 6
+    assert report["variants"]["base"]["mean"]["WT"]["dice"]["mean"] == pytest.approx(0.753, abs=5e-4)
+    assert "folds 0, 1 of 4" in out

@@ -1,5 +1,5 @@
-"""pipelines/ keeps trainer configs, run files and cluster launchers apart, and every file one of
-them names exists: a moved config breaks a test here, not a user's job hours into a queue."""
+"""pipelines/ keeps trainer configs, run files, cluster launchers and studies (with their result files)
+apart, and every file one of them names exists: a moved config breaks a test here, not a user's job hours into a queue."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,8 @@ from brats_seg.pipeline.runner import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = REPO / "pipelines"
-KINDS = {"train": ("*.yaml",), "runs": ("*.yaml",), "cluster": ("*.sbatch", "*.sh"), "studies": ("*.md",)}
+KINDS = {"train": ("*.yaml",), "runs": ("*.yaml",), "cluster": ("*.sbatch", "*.sh"),
+         "studies": ("*.md", "results/*.json")}  # results/: the bench learn parts a study is merged from
 PIPELINE_PATH = re.compile(r"pipelines/[\w./-]+\.(?:yaml|sbatch|sh)")
 
 
