@@ -36,7 +36,7 @@ def read_part(path: Path) -> LearnPart:
     if any(not f.fold < part.folds for f in part.fold_runs):
         raise InputError(path, f"lists a fold outside 0..{part.folds - 1} (folds {part.folds})")
     grid = [float(t) for t in part.et_grid_mm3]
-    components = [tuple(r) for r in COMPONENT_GRID]
+    components = list(COMPONENT_GRID)
     for name, variant in part.variants.items():
         for cid, case in variant.cases.items():
             if held.get(cid) != case.fold:
@@ -80,13 +80,12 @@ def merge_parts(paths: Sequence[Path], out: Path) -> dict:
     """The report of every fold in the parts, recomputed from their per-case scores."""
     parts = [read_part(p) for p in paths]
     check_same_study(parts, paths)
-    order = sorted(range(len(parts)), key=lambda i: min((f.fold for f in parts[i].fold_runs), default=0))
-    parts, paths = [parts[i] for i in order], [paths[i] for i in order]  # cases in fold order, as bench learn
-    first = parts[0].model_dump()
-    meta = {k: first[k] for k in ("config", "overrides", "config_sha256", "budget", "folds", "seed", "split_seed",
-                                  "predict_args", "et_grid_mm3")}
-    meta = {"kind": LEARN_KIND, "created_at": now(), "git_commit": git_commit(), **meta,
-            "data": [p.model_dump().get("data") for p in parts], "out": str(out),
+    pairs = sorted(zip(parts, paths), key=lambda pp: min(f.fold for f in pp[0].fold_runs))  # cases in fold order
+    parts, paths = [pp[0] for pp in pairs], [pp[1] for pp in pairs]
+    study = parts[0].model_dump(include={"config", "overrides", "config_sha256", "budget", "folds", "seed",
+                                         "split_seed", "predict_args", "et_grid_mm3"})
+    meta = {"kind": LEARN_KIND, "created_at": now(), "git_commit": git_commit(), **study,
+            "data": [(p.model_extra or {}).get("data") for p in parts], "out": str(out),
             "merged_from": [str(p) for p in paths]}
     records = [f.model_dump() for p in parts for f in p.fold_runs]
     merged = {name: {"cases": {}, "thresholds": {}, "components": {}} for name in parts[0].variants}
