@@ -24,6 +24,8 @@ M = TypeVar("M", bound=BaseModel)
 def read_json(path: Path, expected: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """The parsed document; InputError when absent, too large, not JSON or nested too deeply."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, f"is a folder, not a file; expected {expected}")
     if not path.is_file():
         raise InputError(path, f"not found; expected {expected}")
     try:

@@ -105,6 +105,13 @@ def test_missing_or_broken_part(tmp_path):
         assert code == 2 and str(b) in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_folder_given_as_a_part_is_named_as_one(tmp_path):
+    a = _write(tmp_path / "a.json", _part(0, ["c0", "c1"]))
+    (tmp_path / "run").mkdir()
+    code, _, err = _main("bench", "merge", a, tmp_path / "run", "--out", tmp_path / "m.json")
+    assert code == 2 and "is a folder, not a file" in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("value", ["2", "-1", "0,0", "a", "", "0,", "1.0"])
 def test_only_folds_must_be_the_studys_folds(tmp_path, value):
     (tmp_path / "raw.json").write_text("{}")
@@ -115,13 +122,19 @@ def test_only_folds_must_be_the_studys_folds(tmp_path, value):
     assert not (tmp_path / "o").exists()
 
 
-def test_the_committed_study_part_stays_mergeable(tmp_path):
-    """The 60-minute row's first part (pipelines/studies/results/) must stay readable by bench merge,
-    or the row cannot be finished without retraining those folds."""
-    part = Path(__file__).resolve().parents[2] / "pipelines" / "studies" / "results" / "m60_learn_folds_0_1.json"
-    code, out, err = _main("bench", "merge", part, "--out", tmp_path / "m.json")
+def test_the_committed_study_parts_merge_into_the_committed_report(tmp_path):
+    """The 60-minute row's two parts (pipelines/studies/results/) must stay readable by bench merge and
+    join into the report committed beside them, or the row's figures could not be re-derived."""
+    results = Path(__file__).resolve().parents[2] / "pipelines" / "studies" / "results"
+    parts = [results / "m60_learn_folds_0_1.json", results / "m60_learn_folds_2_3.json"]
+    code, out, err = _main("bench", "merge", *parts, "--out", tmp_path / "m.json")
     assert code == 0, err
     report = json.loads((tmp_path / "m.json").read_text())
-    assert report["folds_run"] == [0, 1] and not report["complete"] and report["n_cases"] == 6
-    assert report["variants"]["base"]["mean"]["WT"]["dice"]["mean"] == pytest.approx(0.753, abs=5e-4)
-    assert "folds 0, 1 of 4" in out
+    committed = json.loads((results / "m60_learn.json").read_text())
+    assert report["folds_run"] == [0, 1, 2, 3] and report["complete"] and report["n_cases"] == 12
+    for variant in ("base", "tta"):
+        assert report["variants"][variant]["mean"] == committed["variants"][variant]["mean"]
+        assert report["variants"][variant]["components"] == committed["variants"][variant]["components"]
+    assert report["variants"]["base"]["mean"]["WT"]["dice"]["mean"] == pytest.approx(0.716, abs=5e-4)
+    code, _, err = _main("bench", "merge", parts[0], "--out", tmp_path / "half.json")
+    assert code == 0 and json.loads((tmp_path / "half.json").read_text())["n_cases"] == 6, err
