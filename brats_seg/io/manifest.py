@@ -48,7 +48,7 @@ def load_manifest(path: Path, stage: str | None = None) -> dict:
     from brats_seg.contracts.jsonfile import read_json
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a folder or a device gets read_json's own line
         raise InputError(path, "manifest not found")
     manifest = read_json(path, "a brats-seg manifest")
     if not isinstance(manifest, dict):

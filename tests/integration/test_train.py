@@ -223,6 +223,7 @@ def test_demo_recipe_learns_phantoms(tmp_path):
     (["task=4d"], "error: task: unknown task '4d'"),
     (["data.patch_size=[18,18,18]"], "error: data.patch_size:"),
     (["--data", "missing.json"], "missing.json: manifest not found"),
+    (["--data", "."], "is a folder, not a file; expected a brats-seg manifest"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(data, tmp_path, capsys, extra, where):
     from brats_seg.cli import main
