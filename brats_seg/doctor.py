@@ -56,6 +56,8 @@ def check_run(path: Path, lines: list) -> list[str]:
     if path.is_dir():
         try:
             info = json.loads((path / "run.json").read_text())
+            if not isinstance(info, dict):
+                raise ValueError(f"a JSON {type(info).__name__}, not an object")
             lines += [("run status", str(info.get("status"))), ("run task", str(info.get("task"))),
                       ("best metrics", json.dumps(info.get("best", {}))[:200])]
         except (OSError, ValueError) as exc:

@@ -61,7 +61,11 @@ def resolve_data(opts: LearnOptions) -> tuple[Path, Path]:
     if not raw.is_file():
         raise InputError(opts.data, f"names the raw manifest {raw}, which is not there; pass the raw manifest "
                                     "(brats-seg ingest's raw.json) as --data")
-    if sha256_file(raw) != manifest["input_manifest_sha256"]:
+    recorded = manifest.get("input_manifest_sha256")
+    if recorded is None:  # optional in the schema: a hand-made manifest cannot be tied to its raw one
+        raise InputError(opts.data, "has no input_manifest_sha256, so the raw manifest its held-out cases are "
+                                    "predicted from cannot be checked; pass the raw manifest as --data")
+    if sha256_file(raw) != recorded:
         raise InputError(opts.data, f"was made from another version of {raw}; rerun preprocess or pass the raw "
                                     "manifest as --data")
     return raw, opts.data

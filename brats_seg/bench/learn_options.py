@@ -3,12 +3,12 @@ trains: a bad override or predict option fails in seconds, not after the first f
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from brats_seg.core.flags import check_minutes
 from brats_seg.errors import InputError
 
 DEFAULT_SPACING = "2.0"
@@ -40,8 +40,7 @@ class LearnOptions:
         if (self.minutes is None) == (self.steps is None):
             raise InputError("--minutes", "give exactly one of --minutes M (a wall-clock budget per fold) and "
                                           "--steps S (a fixed number of optimiser steps per fold)")
-        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
-            raise InputError("--minutes", f"got {self.minutes}; expected a positive number of minutes per fold")
+        check_minutes(self.minutes, what="minutes per fold")
         if self.steps is not None and self.steps < 1:
             raise InputError("--steps", f"got {self.steps}; expected an integer >= 1")
         if self.folds < 2:

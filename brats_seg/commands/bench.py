@@ -88,13 +88,15 @@ def _check_args(args: argparse.Namespace) -> None:
     """Counts are >= 1, the training time a positive number, and no report replaces an input."""
     import math
 
+    from brats_seg.core.flags import check_count
     from brats_seg.core.paths import refuse_overwrite
     from brats_seg.errors import InputError
 
-    for name in ("workers", "rounds", "steps", "threads", "cases"):
+    for name in ("workers", "rounds", "steps", "cases"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise InputError(f"--{name}", f"got {value}; expected an integer >= 1")
+    check_count(getattr(args, "threads", None), "--threads")
     seconds = getattr(args, "train_seconds", None)
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise InputError("--train-seconds", f"got {seconds}; expected a positive number of seconds")

@@ -6,7 +6,6 @@ Without --data: synthetic phantoms (pipelines/runs/demo.yaml). With --data: real
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines" / "runs"
@@ -21,6 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from brats_seg.core.flags import check_minutes
     from brats_seg.errors import InputError
     from brats_seg.pipeline.runner import run_pipeline
 
@@ -29,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise InputError(path, "pipeline file not found; run the demo from a checkout of brats-seg")
     variables = {"data": str(Path(args.data).resolve())} if args.data else {}
-    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
-        raise InputError("--minutes", f"got {args.minutes}; expected a positive number of minutes")
+    check_minutes(args.minutes)
     if args.minutes is not None:
         variables["train_budget_s"] = str(max(30, int(args.minutes * 60 - OVERHEAD_S)))
     run_pipeline(path, args.out, variables, args.force)

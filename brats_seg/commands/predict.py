@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from brats_seg.commands.preprocess import (add_input_bounds, add_register_options, parse_max_voxels, parse_spacing,
                                            parse_spacing_range, register_config)
+from brats_seg.core.flags import check_count
 from brats_seg.errors import InputError
 
 if TYPE_CHECKING:
@@ -112,8 +113,7 @@ def _check_args(args: argparse.Namespace) -> str:
         raise InputError("--data-root", "applies to --manifest only (a raw manifest's roots); --case and the "
                                         "--t1 .. --flair files are read where they are")
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
-        if value is not None and not 1 <= value <= 1024:
-            raise InputError(flag, f"got {value}; expected an integer from 1 to 1024")
+        check_count(value, flag)
     _check_series_register(args)
     return "manifest" if args.manifest else "case"
 
@@ -298,7 +298,9 @@ def _refuse_overwrite(args: argparse.Namespace, images: list[Path], out: dict[st
     model = Path(args.model)
     run_files = [f for d in (model, model / "checkpoints") if d.is_dir() for f in d.iterdir()]
     series_files = [f for d in images if d.is_dir() for f in d.iterdir()]  # a DICOM series folder: its slices
-    inputs = [*images, *series_files, model, *run_files]  # a run folder: its checkpoints and run files are inputs too
+    case = Path(args.case) if args.case else None
+    case_files = list(case.iterdir()) if case is not None and case.is_dir() else []  # its label map (truth) too
+    inputs = [*images, *series_files, *case_files, model, *run_files]  # a run folder's checkpoints are inputs too
     for key, path in out.items():
         if path is not None:
             flag = "--uncertainty" if key == "uncertainty" and args.uncertainty else "--out"

@@ -31,12 +31,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
-    """OUT, OUT.json and --torchscript are new files: never the model, its config or a dataset file."""
+    """OUT, OUT.json and --torchscript are new files: never the model, its run's checkpoints and files, its
+    config or a dataset file."""
     from brats_seg.core.paths import refuse_overwrite
-    from brats_seg.engine.checkpoint import model_checkpoint
+    from brats_seg.engine.checkpoint import model_checkpoint, run_inputs
     from brats_seg.errors import InputError
 
-    inputs = [args.model, model_checkpoint(args.model), args.data, *([args.config] if args.config else [])]
+    inputs = [*run_inputs(args.model), model_checkpoint(args.model), args.data, *([args.config] if args.config else [])]
     outputs = [("--out", args.out), ("--out", args.out.with_name(args.out.name + ".json"))]
     outputs += [("--torchscript", args.torchscript)] if args.torchscript else []
     data = args.data.resolve()
@@ -52,11 +53,13 @@ def _refuse_overwriting_inputs(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from brats_seg.bench.seg2d import comparison_table, quantize_and_compare
     from brats_seg.core.atomic import atomic_write_json
+    from brats_seg.core.flags import check_count
     from brats_seg.errors import InputError
 
-    if args.threads < 1 or args.repeats < 1 or args.max_eval_images < 0 or args.calibration < 1:
-        raise InputError("quantize", f"--threads ({args.threads}), --repeats ({args.repeats}) and --calibration "
-                                     f"({args.calibration}) must be >= 1, --max-eval-images ({args.max_eval_images}) >= 0")
+    check_count(args.threads, "--threads")
+    if args.repeats < 1 or args.max_eval_images < 0 or args.calibration < 1:
+        raise InputError("quantize", f"--repeats ({args.repeats}) and --calibration ({args.calibration}) must be "
+                                     f">= 1, --max-eval-images ({args.max_eval_images}) >= 0")
     _refuse_overwriting_inputs(args)
     report = quantize_and_compare(args.model, args.data, args.out, args.calibration, args.calibration_split,
                                   args.eval_split, args.config, args.backend, args.threads, args.repeats,

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from brats_seg.core.inputfile import require_regular_file
 from brats_seg.errors import InputError
 
 MAX_JSON_BYTES = 512 << 20  # a 100 000-case manifest is ~1 GB of RAM as objects; refuse beyond this
@@ -24,10 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 def read_json(path: Path, expected: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """The parsed document; InputError when absent, too large, not JSON or nested too deeply."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(path, f"is a folder, not a file; expected {expected}")
-    if not path.is_file():
-        raise InputError(path, f"not found; expected {expected}")
+    require_regular_file(path, f"not found; expected {expected}", expected)
     try:
         size = path.stat().st_size
         if size > max_bytes:

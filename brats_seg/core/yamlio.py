@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from brats_seg.core.inputfile import require_regular_file
 from brats_seg.errors import InputError
 
 MAX_BYTES = 1 << 20  # configs and pipeline files are a few KB
@@ -22,8 +23,7 @@ def read_yaml(path: Path, missing: str, expected: str) -> Any:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, missing)
+    require_regular_file(path, missing, expected)
     try:
         if path.stat().st_size > MAX_BYTES:
             raise InputError(path, f"is {path.stat().st_size} bytes, larger than the {MAX_BYTES} a YAML "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from brats_seg.core.atomic import atomic_path
+from brats_seg.core.inputfile import require_regular_file
 from brats_seg.engine.model_meta import ModelMeta
 from brats_seg.engine.runtime import pause_point
 from brats_seg.errors import InputError
@@ -66,6 +67,22 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CKPT_DIR
+
+
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "metrics.csv")
+
+
+def run_inputs(model: Path) -> list[Path]:
+    """Everything a --model argument stands for, none of which an output may replace: the path given,
+    every checkpoint of its run (a resume falls back to previous.pt) and the run's own files. A
+    checkpoint file given inside RUN/checkpoints stands for its run too."""
+    model = Path(model)
+    folder = model if model.is_dir() else model.parent
+    run = folder.parent if folder.name == CKPT_DIR else folder
+    inputs = [model, *(f for f in checkpoint_dir(run).glob("*.pt"))]
+    if model.is_dir() or folder.name == CKPT_DIR:
+        inputs += [run / name for name in RUN_FILES if (run / name).exists()]
+    return inputs
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any], step: int = -1, rank: int = 0) -> Path:
@@ -170,8 +187,8 @@ def model_checkpoint(path: Path) -> Path:
     if path.is_dir():
         folder = checkpoint_dir(path)
         path = folder / BEST if (folder / BEST).exists() else folder / LATEST
-    if not path.is_file():
-        raise InputError(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt")
+    require_regular_file(path, "model checkpoint not found; expected RUN_DIR or RUN_DIR/checkpoints/best.pt",
+                         "RUN_DIR or RUN_DIR/checkpoints/best.pt")
     return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from brats_seg.core.inputfile import require_regular_file
 from brats_seg.errors import InputError
 from brats_seg.io.geometry import LPS_TO_RAS, Geometry, as_affine_tuple
 
@@ -42,8 +43,7 @@ def read_volume(path: Path, allow_4d: bool = False) -> tuple[np.ndarray, Geometr
         from brats_seg.io.dicom import read_series
 
         return read_series(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    require_regular_file(path, "file not found", "a volume file")
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty (0 bytes); expected a volume file")
     fmt = volume_format(path)
@@ -203,8 +203,8 @@ def read_volume_verified(path: Path, sha256: str, allow_4d: bool = False) -> tup
         from brats_seg.io.dicom import read_series_verified
 
         return read_series_verified(path, sha256)
-    if not path.is_file():
-        raise InputError(path, "file not found; expected the file the manifest lists (moved or deleted?)")
+    require_regular_file(path, "file not found; expected the file the manifest lists (moved or deleted?)",
+                         "the file the manifest lists")
     blob = path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != sha256:
         raise InputError(path, "changed since the manifest was written (sha256 differs); re-run ingest")

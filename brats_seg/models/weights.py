@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from brats_seg.core.inputfile import require_regular_file
 from brats_seg.errors import InputError
 
 _MAX_LISTED = 6
@@ -21,8 +22,8 @@ _MAX_LISTED = 6
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a plain tensor state dict with `weights_only=True` (no pickle code runs)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "weights file not found; expected a torchvision .pth state dict")
+    require_regular_file(path, "weights file not found; expected a torchvision .pth state dict",
+                         "a torchvision .pth state dict")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files

@@ -161,6 +161,8 @@ def _current(stamp_path: Path, want: dict, outputs: list[Path]) -> bool:
         stamp = json.loads(stamp_path.read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(stamp, dict):  # a damaged stamp means "not done": the stage reruns
+        return False
     if stamp.get("params") != want["params"] or stamp.get("inputs") != want["inputs"]:
         return False
     now = content_stamps(outputs)

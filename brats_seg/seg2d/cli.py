@@ -20,11 +20,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _setup_torch(args: argparse.Namespace) -> None:
     import torch
 
+    from brats_seg.core.flags import check_count
     from brats_seg.errors import InputError
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError("--threads", f"got {args.threads}; expected >= 1")
+        check_count(args.threads, "--threads")
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", "cuda was requested but torch sees no CUDA device")

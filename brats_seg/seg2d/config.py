@@ -223,4 +223,13 @@ def resolve_data_arg(path: Path) -> tuple[Path, list[str]]:
     root = (path.parent / str(mapping.pop("root"))).resolve()
     if not root.is_dir():
         raise InputError(path, f"root {root} is not a folder")
-    return root, [f"data.{k}={json.dumps(v)}" for k, v in mapping.items()]  # JSON is valid YAML
+    return root, [f"data.{k}={_as_json(path, k, v)}" for k, v in mapping.items()]  # JSON is valid YAML
+
+
+def _as_json(path: Path, key: str, value: object) -> str:
+    """A data key's value as JSON; YAML's own types (a date such as 2024-01-15, !!binary, !!set) are refused."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise InputError(path, f"{key}: {value!r} is a {type(value).__name__}, not a number, string, list or "
+                               "mapping; expected a value of the data section (quote it if it is a name)") from None

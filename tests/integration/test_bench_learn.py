@@ -138,7 +138,8 @@ def test_rerun_keeps_finished_folds_and_adds_tta(study):
 
 @pytest.mark.parametrize("extra, flag", [
     (["--folds", "1"], "--folds"), (["--folds", "5"], "--folds"), (["--minutes", "0"], "--minutes"),
-    (["--minutes", "-2"], "--minutes"), (["--minutes", "nan"], "--minutes"), (["--steps", "0"], "--steps"),
+    (["--minutes", "-2"], "--minutes"), (["--minutes", "nan"], "--minutes"), (["--minutes", "1e308"], "--minutes"),
+    (["--steps", "0"], "--steps"),
     ([], "--minutes"), (["--steps", "4", "--minutes", "1"], "not allowed with"),
     (["--steps", "4", "--predict-args", "--et-min-mm3 500"], "--et-min-mm3"),
     (["--steps", "4", "--predict-args", "--min-component-fraction 0.5"], "--min-component"),
@@ -161,6 +162,22 @@ def test_bad_options_are_one_line_errors(study, tmp_path, extra, flag):
     if flag != "not allowed with":  # argparse's usage error has its usage line first
         assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_a_preprocessed_manifest_without_its_raw_hash_is_refused(study, tmp_path):
+    """The hash is optional in the schema (hand-made manifests); bench learn needs it to tie the held-out
+    cases to the raw files it predicts and scores, so its absence is one line, not a KeyError."""
+    root, _, _ = study
+    pre = root / "cv" / "preprocessed"
+    manifest = json.loads((pre / "preprocessed.json").read_text())
+    del manifest["input_manifest_sha256"]
+    edited = pre / "without_raw_hash.json"
+    edited.write_text(json.dumps(manifest))
+    code, _, err = _main("bench", "learn", "--config", root / "tiny.yaml", "--data", edited, "--folds", 2,
+                         "--steps", 4, "--out", tmp_path / "o")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(edited) in err and "has no input_manifest_sha256" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def _fake_run(folder: Path, status: str, checkpoint: bool, sha: str = "abc", budget: float = 0.0,
