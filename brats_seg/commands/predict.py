@@ -295,12 +295,13 @@ def _refuse_overwrite(args: argparse.Namespace, images: list[Path], out: dict[st
                                    "another path, one output never replaces another")
         seen[real] = key
 
-    model = Path(args.model)
-    run_files = [f for d in (model, model / "checkpoints") if d.is_dir() for f in d.iterdir()]
+    from brats_seg.engine.checkpoint import run_inputs
+
+    run_files = run_inputs(Path(args.model), whole_run=True)
     series_files = [f for d in images if d.is_dir() for f in d.iterdir()]  # a DICOM series folder: its slices
     case = Path(args.case) if args.case else None
     case_files = list(case.iterdir()) if case is not None and case.is_dir() else []  # its label map (truth) too
-    inputs = [*images, *series_files, *case_files, model, *run_files]  # a run folder's checkpoints are inputs too
+    inputs = [*images, *series_files, *case_files, *run_files]  # the run's checkpoints and files too
     for key, path in out.items():
         if path is not None:
             flag = "--uncertainty" if key == "uncertainty" and args.uncertainty else "--out"

@@ -72,16 +72,20 @@ def checkpoint_dir(run_dir: Path) -> Path:
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "metrics.csv")
 
 
-def run_inputs(model: Path) -> list[Path]:
+def run_inputs(model: Path, whole_run: bool = False) -> list[Path]:
     """Everything a --model argument stands for, none of which an output may replace: the path given,
     every checkpoint of its run (a resume falls back to previous.pt) and the run's own files. A
-    checkpoint file given inside RUN/checkpoints stands for its run too."""
+    checkpoint file given inside RUN/checkpoints stands for its run too. whole_run: every file in
+    RUN and RUN/checkpoints, for commands (predict) that never write into a run; quantize leaves it
+    off because its int8.pt may be rewritten inside the run folder."""
     model = Path(model)
     folder = model if model.is_dir() else model.parent
     run = folder.parent if folder.name == CKPT_DIR else folder
     inputs = [model, *(f for f in checkpoint_dir(run).glob("*.pt"))]
     if model.is_dir() or folder.name == CKPT_DIR:
         inputs += [run / name for name in RUN_FILES if (run / name).exists()]
+        if whole_run:
+            inputs += [f for d in (run, checkpoint_dir(run)) if d.is_dir() for f in d.iterdir()]
     return inputs
 
 

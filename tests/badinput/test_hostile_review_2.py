@@ -25,6 +25,21 @@ def test_predict_case_out_cannot_replace_the_case_label_map(tmp_path, run_cli):
     untouched(before, case)
 
 
+def test_predict_with_a_checkpoint_file_protects_every_file_of_its_run(tmp_path, run_cli):
+    """--model RUN/checkpoints/best.pt stands for the whole run, as --model RUN does: a mask written
+    over a file the user keeps in the run folder would lose it."""
+    must("synth", "--out", tmp_path / "src", "--cases", 1, "--seed", 0, "--shape", "24,20,16")
+    case = next(p for p in (tmp_path / "src").iterdir() if p.is_dir())
+    run = make_tiny_run(tmp_path / "run")
+    kept = run / "reference_mask.nii.gz"
+    kept.write_bytes(b"a file the user keeps beside the run")
+    before = snapshot(run)
+    code, _, err = call(run_cli, "predict", "--model", run / "checkpoints" / "best.pt", "--case", case,
+                        "--out", kept, "--threads", 1)
+    one_error_line(code, err, str(kept))
+    untouched(before, run)
+
+
 def _fake_2d_run(run: Path) -> Path:
     (run / "checkpoints").mkdir(parents=True)
     for name in ("best.pt", "latest.pt", "previous.pt"):
