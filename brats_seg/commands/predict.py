@@ -97,6 +97,7 @@ def _check_args(args: argparse.Namespace) -> str:
         raise InputError("predict", f"missing {' '.join(missing)}; expected all four images of the case "
                                     "(or --missing NAME for a sequence that was not acquired)")
     _check_uncertainty(args)
+    _check_out_name(args)
     if not 0.0 <= args.overlap < 1.0:
         raise InputError("--overlap", f"{args.overlap} is outside [0, 1); expected e.g. 0.5")
     if not (math.isfinite(args.window_grow) and args.window_grow >= 0):
@@ -116,6 +117,19 @@ def _check_args(args: argparse.Namespace) -> str:
         check_count(value, flag)
     _check_series_register(args)
     return "manifest" if args.manifest else "case"
+
+
+FILE_SUFFIXES = (".nrrd", ".mha", ".mhd", ".gz", ".json", ".yaml", ".yml", ".pt", ".npy", ".npz", ".png", ".dcm",
+                 ".txt", ".csv")  # an --out ending so names a file predict would not write
+
+
+def _check_out_name(args: argparse.Namespace) -> None:
+    """--out is a .nii/.nii.gz name or a folder; 'mask.nrrd' or 'run.json' would silently become a folder."""
+    out = Path(args.out)
+    if _is_nifti_name(out) or out.is_dir() or not out.name.lower().endswith(FILE_SUFFIXES):
+        return
+    raise InputError("--out", f"{out} names a {out.suffix} file; predict writes NIfTI masks: give a .nii.gz "
+                              "file name, or a folder")
 
 
 def check_args(args: argparse.Namespace) -> str:

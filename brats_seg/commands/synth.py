@@ -10,6 +10,9 @@ MIN_SIDE = 16  # below this the brain is too small to hold a tumour with three s
 MAX_SIDE = 512  # a phantom larger than this per axis needs GBs of memory and teaches nothing more
 
 
+MAX_CASES = 10_000  # phantoms are for demos and tests; a typo of 1e9 would run for days with no output
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write case folders into")
     parser.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
@@ -40,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from brats_seg.synth.phantoms import synthesize_dataset
 
     shape = parse_shape(args.shape)
-    if args.cases < 1:
-        raise InputError("--cases", f"got {args.cases}; expected a positive number of cases")
+    if not 1 <= args.cases <= MAX_CASES:
+        raise InputError("--cases", f"got {args.cases}; expected 1 to {MAX_CASES} cases")
     if args.seed < 0:
         raise InputError("--seed", f"got {args.seed}; expected a non-negative integer")
     existing = [f"Synth_{i:04d}" for i in range(args.cases) if (Path(args.out) / f"Synth_{i:04d}").exists()]

@@ -26,7 +26,7 @@ import numpy as np
 from brats_seg.errors import InputError
 from brats_seg.evaluate.lesions import LESION_HD95_PENALTY_MM, LESION_METRICS, LesionWiseConfig, lesion_wise
 from brats_seg.evaluate.metrics import HD95_EMPTY_MM, METRICS, binary_metrics, summarise
-from brats_seg.io.content import read_label_record, record_paths
+from brats_seg.io.content import label_values, read_label_record, record_paths
 from brats_seg.io.labels import (CONVENTIONS, extra_region_mask, extra_region_names, region_masks,
                                  to_canonical)
 from brats_seg.io.geometry import same_grid
@@ -116,10 +116,10 @@ def case_rows(case: dict, root: Path, mask: PredictedMask, pred_convention: str 
     if (problem := same_grid(ref_geom, pred_geom)) is not None:
         raise InputError(mask.path, f"{problem} of the truth; expected the prediction on the truth's grid")
     convention = mask.convention or pred_convention or truth_convention
+    values = sorted(label_values(mask.path, pred_raw))  # NaN, Inf or 1.5 is one line, not a traceback
     try:
         pairs = region_pairs(pred_raw, convention, ref_raw, truth_convention)
     except ValueError:  # the truth was checked on reading: the prediction's values are outside its convention
-        values = sorted(int(v) for v in np.unique(pred_raw))
         raise InputError(mask.path, f"label values {values} are outside the {convention} convention; "
                                     f"pass --pred-convention {'|'.join(CONVENTIONS)}") from None
     rows = []

@@ -79,6 +79,8 @@ class Stage:
         actions = _options(parser)
         if self.output not in params:
             raise InputError(where, f"missing '{self.output}:'; expected the output path")
+        if not isinstance(params[self.output], str):
+            raise InputError(where, f"'{self.output}:' is {type(params[self.output]).__name__}; expected one path")
         params = self._resolved(params, spec_dir, workdir, actions)
         if data_roots and DATA_ROOT in actions and DATA_ROOT not in params:
             params[DATA_ROOT] = [str(d) for d in data_roots]
