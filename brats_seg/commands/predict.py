@@ -126,7 +126,7 @@ FILE_SUFFIXES = (".nrrd", ".mha", ".mhd", ".gz", ".json", ".yaml", ".yml", ".pt"
 def _check_out_name(args: argparse.Namespace) -> None:
     """--out is a .nii/.nii.gz name or a folder; 'mask.nrrd' or 'run.json' would silently become a folder."""
     out = Path(args.out)
-    if _is_nifti_name(out) or out.is_dir() or not out.name.lower().endswith(FILE_SUFFIXES):
+    if _is_nifti_name(out) or out.exists() or not out.name.lower().endswith(FILE_SUFFIXES):  # an existing one: the overwrite checks name it
         return
     raise InputError("--out", f"{out} names a {out.suffix} file; predict writes NIfTI masks: give a .nii.gz "
                               "file name, or a folder")
