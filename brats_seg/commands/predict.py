@@ -124,9 +124,10 @@ FILE_SUFFIXES = (".nrrd", ".mha", ".mhd", ".gz", ".json", ".yaml", ".yml", ".pt"
 
 
 def _check_out_name(args: argparse.Namespace) -> None:
-    """--out is a .nii/.nii.gz name or a folder; 'mask.nrrd' or 'run.json' would silently become a folder."""
+    """--out is a .nii/.nii.gz name or a folder; 'mask.nrrd' or 'run.json' would silently become a folder.
+    An existing path is left to the overwrite checks, which name what it holds."""
     out = Path(args.out)
-    if _is_nifti_name(out) or out.exists() or not out.name.lower().endswith(FILE_SUFFIXES):  # an existing one: the overwrite checks name it
+    if _is_nifti_name(out) or out.exists() or not out.name.lower().endswith(FILE_SUFFIXES):
         return
     raise InputError("--out", f"{out} names a {out.suffix} file; predict writes NIfTI masks: give a .nii.gz "
                               "file name, or a folder")
